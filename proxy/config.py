@@ -1,0 +1,448 @@
+"""YAML config -> frozen, typed objects.
+
+Every error names the file, the key path, the bad value and what was
+expected (``ConfigError``); the CLI turns it into exit code 2. Every option
+other than the upstream endpoints has a safe default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.units import parse_duration, parse_percent_bp, parse_size
+
+T = TypeVar("T")
+
+KEY_SOURCES = ("header", "cookie", "query")
+BALANCE_POLICIES = ("round_robin", "least_outstanding")
+ANONYMOUS_MODES = ("cookie", "ip")
+
+
+class ConfigError(Exception):
+    """A config problem, located by file and key path."""
+
+    def __init__(self, file: str, path: str, value: object, expected: str) -> None:
+        self.file, self.path, self.value, self.expected = file, path, value, expected
+        where = f"{file}: {path}" if path else file
+        super().__init__(f"{where}: got {value!r}, expected {expected}")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port to listen on or connect to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One variant's backend pool."""
+
+    endpoints: tuple[Address, ...]
+    balance: str = "round_robin"
+    # Where to send a request when this pool cannot: "original" or None.
+    failover: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where a user key (or group) is read from: a header, cookie or query parameter."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Users and groups named explicitly (allow- or deny-list)."""
+
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """How a request is mapped to a user and the user to a variant."""
+
+    salt: str = "veer"
+    user_key: tuple[KeySource, ...] = (KeySource("header", "X-User-Id"),)
+    group_key: tuple[KeySource, ...] = ()
+    anonymous: str = "cookie"
+    cookie_name: str = "veer_uid"
+    cookie_max_age: int = 365 * 24 * 3600
+    force_enabled: bool = False
+    force_header: str = "X-Veer-Variant"
+    force_cookie: str = "veer_variant"
+    allow: Cohort = Cohort()
+    deny: Cohort = Cohort()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """All timeouts, in seconds; 0 disables one."""
+
+    connect: float = 2.0
+    first_byte: float = 30.0
+    idle: float = 60.0
+    total: float = 0.0
+    client_header: float = 10.0
+    client_idle: float = 75.0
+    upstream_keepalive: float = 30.0
+    drain: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request and per-process bounds; beyond them the client gets 4xx/503."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 1024**3
+    max_concurrent_upstream: int = 1024
+    max_idle_per_endpoint: int = 64
+    max_pipelined: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Passive health: eject after consecutive failures, for a time, never all."""
+
+    consecutive_failures: int = 5
+    ejection_time: float = 30.0
+    max_ejected_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin listener."""
+
+    listen: Address = Address("127.0.0.1", 9901)
+    token_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective config."""
+
+    source: str
+    listen: Address
+    admin: Admin
+    original: Pool
+    new: Pool
+    routing: Routing
+    new_weight_bp: int
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    health: Health = Health()
+    connect_retries: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config as plain data (for ``veer check``)."""
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return value
+
+
+class _Reader:
+    """Walks a YAML mapping, remembering the key path for error messages."""
+
+    def __init__(self, file: str, data: dict[str, Any], path: str = "") -> None:
+        self.file, self.data, self.path = file, data, path
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, value: object, expected: str) -> ConfigError:
+        return ConfigError(self.file, self._key(key), value, expected)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def section(self, key: str) -> _Reader:
+        self.used.add(key)
+        value = self.data.get(key, {})
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(key, value, "a mapping")
+        return _Reader(self.file, value, self._key(key))
+
+    def get(self, key: str, default: T, convert: Callable[[Any], T], expected: str) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        try:
+            return convert(value)
+        except (ValueError, TypeError):
+            raise self.fail(key, value, expected) from None
+
+    def require(self, key: str, convert: Callable[[Any], T], expected: str) -> T:
+        if key not in self.data:
+            raise self.fail(key, None, expected + " (required)")
+        self.used.add(key)
+        try:
+            return convert(self.data[key])
+        except (ValueError, TypeError):
+            raise self.fail(key, self.data[key], expected) from None
+
+    def done(self, allowed_extra: tuple[str, ...] = ()) -> None:
+        """Reject keys nobody read: a typo must not silently fall back to a default."""
+        for key in self.data:
+            if key not in self.used and key not in allowed_extra:
+                known = ", ".join(sorted(self.used | set(allowed_extra)))
+                raise self.fail(str(key), self.data[key], f"no such key here (known: {known})")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    return convert
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise ValueError
+        return str(value)
+
+    return convert
+
+
+def parse_listen(value: Any) -> Address:
+    """``host:port`` (``[::1]:port`` for IPv6) with a port 1..65535 (0 = any free port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError
+    return Address(host, int(port_text))
+
+
+def parse_endpoint(value: Any) -> Address:
+    """``http://host:port`` (https is not supported upstream yet)."""
+    if not isinstance(value, str):
+        raise ValueError
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError from None
+    return Address(parts.hostname, port)
+
+
+def _key_source(value: Any) -> KeySource:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError
+    kind, _, name = value.partition(":")
+    if kind not in KEY_SOURCES or not name.strip():
+        raise ValueError
+    return KeySource(kind, name.strip())
+
+
+def _list_of(convert: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+    def convert_list(value: Any) -> tuple[T, ...]:
+        if isinstance(value, str) or not isinstance(value, list):
+            raise ValueError
+        return tuple(convert(v) for v in value)
+
+    return convert_list
+
+
+def _names(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise ValueError
+    return frozenset(str(v) for v in value)
+
+
+def _read_pool(r: _Reader, name: str, others: tuple[str, ...]) -> Pool:
+    p = r.section(name)
+    endpoints = p.require("endpoints", _list_of(parse_endpoint),
+                          "a non-empty list of endpoint URLs like http://127.0.0.1:9001")
+    if not endpoints:
+        raise p.fail("endpoints", [], "a non-empty list of endpoint URLs like http://127.0.0.1:9001")
+    balance = p.get("balance", "round_robin", _choice(BALANCE_POLICIES),
+                    " or ".join(BALANCE_POLICIES))
+    pick_other = _choice(others)
+    failover = p.get("failover", None, lambda v: None if v in (None, "none") else pick_other(v),
+                     "none or " + " or ".join(others))
+    p.done()
+    return Pool(endpoints, balance, failover)
+
+
+def _read_cohort(r: _Reader) -> Cohort:
+    users = r.get("users", frozenset[str](), _names, "a list of user ids")
+    groups = r.get("groups", frozenset[str](), _names, "a list of group names")
+    r.done()
+    return Cohort(users, groups)
+
+
+def _read_routing(r: _Reader) -> Routing:
+    d = Routing()
+    sources = _list_of(_key_source)
+    src_form = "a list of sources like ['header:X-User-Id', 'cookie:uid', 'query:uid']"
+    force = r.section("force")
+    routing = Routing(
+        salt=r.get("salt", d.salt, _str, "a non-empty string"),
+        user_key=r.get("user_key", d.user_key, sources, src_form),
+        group_key=r.get("group_key", d.group_key, sources, src_form),
+        anonymous=r.get("anonymous", d.anonymous, _choice(ANONYMOUS_MODES),
+                        " or ".join(ANONYMOUS_MODES)),
+        cookie_name=r.get("cookie_name", d.cookie_name, _str, "a cookie name"),
+        cookie_max_age=int(r.get("cookie_max_age", float(d.cookie_max_age), parse_duration,
+                                 "a duration")),
+        force_enabled=force.get("enabled", d.force_enabled, _bool, "true or false"),
+        force_header=force.get("header", d.force_header, _str, "a header name"),
+        force_cookie=force.get("cookie", d.force_cookie, _str, "a cookie name"),
+        allow=_read_cohort(r.section("allow")),
+        deny=_read_cohort(r.section("deny")),
+    )
+    force.done()
+    r.done()
+    return routing
+
+
+def _read_dataclass(
+    r: _Reader, default: T, kinds: dict[str, tuple[Callable[[Any], Any], str]]
+) -> T:
+    """Read a flat section whose every field has a converter and an expected form."""
+    values = {
+        name: r.get(name, getattr(default, name), convert, expected)
+        for name, (convert, expected) in kinds.items()
+    }
+    r.done()
+    return dataclasses.replace(default, **values)  # type: ignore[type-var]
+
+
+_DUR = (parse_duration, "a duration such as 250ms, 30s, 5m or 2h (0 disables)")
+_SIZE = (parse_size, "a size such as 65536, 64KiB, 10MiB or 1GiB")
+
+
+def _positive(hi: int) -> tuple[Callable[[Any], int], str]:
+    return _int_range(1, hi), f"an integer 1..{hi}"
+
+
+def _weight(value: Any) -> int:
+    return parse_percent_bp(value)
+
+
+def from_dict(data: object, source: str = "<config>") -> Config:
+    """Build a ``Config`` from parsed YAML, raising ``ConfigError`` on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", data, "a YAML mapping at the top level")
+    r = _Reader(source, data)
+    listen = r.get("listen", Address("127.0.0.1", 8080), parse_listen,
+                   "host:port, e.g. 127.0.0.1:8080")
+    a = r.section("admin")
+    admin = Admin(
+        listen=a.get("listen", Admin().listen, parse_listen, "host:port, e.g. 127.0.0.1:9901"),
+        token_file=a.get("token_file", None, _str, "a file path"),
+    )
+    a.done()
+    u = r.section("upstreams")
+    if not u.has("original"):
+        raise u.fail("original", None, "a pool with endpoints (required)")
+    if not u.has("new"):
+        raise u.fail("new", None, "a pool with endpoints (required)")
+    original = _read_pool(u, "original", ())
+    new = _read_pool(u, "new", ("original",))
+    u.done()
+    routing = _read_routing(r.section("routing"))
+    w = r.section("weights")
+    new_bp = w.get("new", 0, _weight, "a percent 0..100 with at most two decimals, e.g. 10 or 12.5")
+    if w.has("original"):
+        orig_bp = w.get("original", 10000 - new_bp, _weight, "a percent 0..100")
+        if orig_bp + new_bp != 10000:
+            raise w.fail("original", w.data["original"], f"100 - new = {(10000 - new_bp) / 100:g}")
+    w.done()
+    timeouts = _read_dataclass(r.section("timeouts"), Timeouts(),
+                               {f.name: _DUR for f in dataclasses.fields(Timeouts)})
+    limits = _read_dataclass(r.section("limits"), Limits(), {
+        "max_header_bytes": _SIZE, "max_headers": _positive(10_000),
+        "max_body_bytes": _SIZE, "max_concurrent_upstream": _positive(1_000_000),
+        "max_idle_per_endpoint": (_int_range(0, 100_000), "an integer 0..100000"),
+        "max_pipelined": _positive(1024),
+    })
+    health = _read_dataclass(r.section("health"), Health(), {
+        "consecutive_failures": _positive(1_000_000), "ejection_time": _DUR,
+        "max_ejected_percent": (_int_range(0, 100), "an integer 0..100"),
+    })
+    retries = r.get("connect_retries", 1, _int_range(0, 10), "an integer 0..10")
+    # Sections later issues own are validated there; accept them here.
+    r.done(allowed_extra=("rollout", "state", "recording"))
+    if limits.max_header_bytes < 1024:
+        raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
+                          "at least 1024 bytes")
+    return Config(source, listen, admin, original, new, routing, new_bp, timeouts, limits,
+                  health, retries)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, "", None, f"a readable file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, "", None, "UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(name, "", where, f"valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return from_dict(data, name)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,396 @@
+"""One request's exchange: route it, pick an upstream connection, stream both ways.
+
+The route is decided once, at arrival. The request head is rebuilt with
+hop-by-hop headers removed and X-Forwarded-* set; the response head is
+rebuilt with veer's own status line and framing. Small bodies travel in one
+write; large or chunked ones stream with backpressure in both directions.
+Connect failures are retried on another endpoint of the same variant (no byte
+of the request has been sent then), then failed over if configured; nothing is
+retried once the response has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from proxy import h1
+from proxy.routing import ORIGINAL, Decision, Variant
+from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, connect, take_idle
+
+if TYPE_CHECKING:
+    from proxy.balance import Endpoint
+    from proxy.inbound import ClientConnection
+    from proxy.request import Request
+    from proxy.runtime import Runtime
+
+SMALL_BODY = 64 * 1024
+_VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original", "new")}
+_DROP_REQUEST = h1.HOP_BY_HOP | h1.FRAMING | h1.FORWARDED | {b"expect"}
+_DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
+
+
+class ProxyError(Exception):
+    """A failure veer answers itself, before any response byte went to the client."""
+
+    def __init__(self, status: int, kind: str, cause: str) -> None:
+        super().__init__(cause)
+        self.status, self.kind, self.cause = status, kind, cause
+
+
+class _Stale(Exception):
+    """A reused keep-alive connection closed before answering: safe to retry."""
+
+
+# Phases, for the deadline check.
+_CONNECTING, _SENDING, _WAITING, _RECEIVING, _DONE = range(5)
+
+
+class Exchange:
+    """Forwards one request and its response; also the upstream's ``ResponseSink``."""
+
+    __slots__ = ("_done", "_out", "chunked", "client", "close_client", "conn", "decision",
+                 "phase", "req", "resp_close_delimited", "response_started", "rt", "sent_at",
+                 "status", "variant")
+
+    def __init__(self, rt: Runtime, client: ClientConnection, req: Request) -> None:
+        self.rt = rt
+        self.client = client
+        self.req = req
+        self.conn: UpstreamConnection | None = None
+        self.variant: Variant = ORIGINAL
+        self.decision: Decision | None = None
+        self.phase = _CONNECTING
+        self.response_started = False
+        self.chunked = False
+        self.close_client = False
+        self.resp_close_delimited = False
+        self.status = 0
+        self.sent_at = 0.0
+        self._out: list[bytes] = []
+        self._done: asyncio.Future[None] = rt.loop.create_future()
+
+    # -- the exchange ---------------------------------------------------------
+    async def run(self) -> None:
+        rt, req = self.rt, self.req
+        decision = rt.router.route(req.captured, req.query, self.client.peer_ip, rt.new_weight_bp)
+        self.decision = decision
+        self.variant = decision.variant
+        counters = rt.recorder.variants[decision.variant]
+        counters.in_flight += 1
+        rt.upstream_in_flight += 1
+        rt.sweeper.add(self)
+        reusable = False
+        try:
+            if rt.upstream_in_flight > rt.config.limits.max_concurrent_upstream:
+                raise ProxyError(503, "overload", "too many concurrent upstream requests")
+            await self._forward()
+            reusable = not self.close_client
+        except ProxyError as err:
+            self._fail(err)
+        finally:
+            counters.in_flight -= 1
+            rt.upstream_in_flight -= 1
+            rt.sweeper.discard(self)
+            self.phase = _DONE
+            self._record()
+            self.client.finished(self, reusable)
+
+    async def _forward(self) -> None:
+        head = self._request_head()
+        while True:
+            conn = await self._acquire()
+            if self.client.closed:  # the client left while we connected
+                self._release(conn, keep=False)
+                return
+            try:
+                await self._send(conn, head)
+                await self._done
+                return
+            except _Stale:
+                self._done = self.rt.loop.create_future()
+                continue
+
+    async def _acquire(self) -> UpstreamConnection:
+        """A connection for this request, retrying and failing over on connect errors."""
+        rt = self.rt
+        tried: list[Endpoint] = []
+        variant = self.variant
+        last_error = ProxyError(503, "no_healthy", f"no healthy upstream ({variant})")
+        while True:
+            balancer = rt.balancers[variant]
+            attempts = 1 + rt.config.connect_retries
+            while attempts > 0:
+                ep = balancer.pick(rt.loop.time(), tried)
+                if ep is None:
+                    break
+                conn = take_idle(ep)
+                if conn is not None:
+                    return self._bind(conn, variant)
+                attempts -= 1
+                try:
+                    conn = await connect(ep, rt.config.timeouts.connect)
+                except (OSError, TimeoutError) as exc:
+                    tried.append(ep)
+                    rt.recorder.variants[variant].errors["connect"] += 1
+                    balancer.report_failure(ep, rt.loop.time())
+                    cause = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
+                    last_error = ProxyError(502, "connect",
+                                            f"upstream connect failed ({variant}: {cause})")
+                    continue
+                return self._bind(conn, variant)
+            failover = rt.config.new.failover if variant != ORIGINAL else None
+            if failover is None:
+                if last_error.kind == "no_healthy":
+                    rt.recorder.variants[variant].errors["no_healthy"] += 1
+                raise last_error
+            variant = ORIGINAL
+            tried = []
+
+    def _bind(self, conn: UpstreamConnection, variant: Variant) -> UpstreamConnection:
+        self.variant = variant
+        self.conn = conn
+        conn.endpoint.outstanding += 1
+        conn.endpoint.total += 1
+        conn.start(self, self.req.method == b"HEAD")
+        self.client.upstream = conn
+        return conn
+
+    async def _send(self, conn: UpstreamConnection, head: bytes) -> None:
+        body = self.req.body
+        self.phase = _SENDING
+        if body is None:
+            conn.write(head)
+        elif body.complete and body.buffered <= SMALL_BODY and not body.consumed:
+            data = body.take_all()
+            conn.write(head + (h1.chunk(data) + h1.LAST_CHUNK if self.req.chunked else data))
+        else:
+            conn.write(head)
+            while not self._done.done():
+                data = await body.read()
+                if data is None:
+                    if body.aborted:
+                        conn.abort()
+                    elif self.req.chunked:
+                        conn.write(h1.LAST_CHUNK)
+                    break
+                if conn.closed:
+                    break  # the upstream went away; its loss is reported by on_lost
+                conn.write(h1.chunk(data) if self.req.chunked else data)
+                await conn.drain()
+        if self.phase == _SENDING:
+            self.phase = _WAITING
+            self.sent_at = self.rt.loop.time()
+
+    def _request_head(self) -> bytes:
+        req = self.req
+        drop = _DROP_REQUEST
+        if req.connection_tokens:
+            drop = drop | set(req.connection_tokens)
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        for name, value in req.headers:
+            if name.lower() not in drop:
+                parts += (name, b": ", value, b"\r\n")
+        peer = self.client.peer_ip.encode()
+        xff = peer if req.xff is None else req.xff + b", " + peer
+        parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")
+        if req.host is not None:
+            parts += (b"x-forwarded-host: ", req.host, b"\r\n")
+        if req.upgrade is not None:
+            parts += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
+        if req.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif req.content_length is not None:
+            parts.append(b"content-length: %d\r\n" % req.content_length)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- ResponseSink ---------------------------------------------------------
+    def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None:
+        req = self.req
+        self.phase = _RECEIVING
+        self.status = status
+        self.response_started = True
+        drop = _DROP_RESPONSE
+        out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
+        length: bytes | None = None
+        conn_tokens: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = value
+            elif lname == b"connection":
+                conn_tokens.append(value)
+        if conn_tokens:
+            drop = drop | h1.connection_tokens(conn_tokens)
+        for name, value in headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
+        if status == 101:
+            if req.upgrade is None:
+                self.response_started = False
+                self.status = 0
+                return  # refused in on_upgraded
+            out += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
+        elif req.method == b"HEAD" or status in h1.NO_BODY_STATUSES:
+            if length is not None and req.method == b"HEAD":
+                out += (b"content-length: ", length, b"\r\n")
+        elif length is not None:
+            out += (b"content-length: ", length, b"\r\n")
+        elif req.version == "1.1":
+            self.chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.close_client = True  # HTTP/1.0 client: the body ends when we close
+        if length is None and status not in h1.NO_BODY_STATUSES and req.method != b"HEAD":
+            chunked_upstream = any(n.lower() == b"transfer-encoding" for n, _ in headers)
+            self.resp_close_delimited = not chunked_upstream
+        out.append(_VARIANT_HEADER[self.variant])
+        decision = self.decision
+        if decision is not None and decision.set_cookie is not None:
+            cfg = self.rt.config.routing
+            out.append(b"set-cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
+                cfg.cookie_name.encode(), decision.set_cookie.encode(), cfg.cookie_max_age))
+        if not req.keep_alive or self.rt.draining:
+            self.close_client = True
+        if self.close_client and status != 101:
+            out.append(b"connection: close\r\n")
+        elif req.version == "1.0" and status != 101:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self._out.append(b"".join(out))
+
+    def on_body(self, data: bytes) -> None:
+        self.rt.recorder.variants[self.variant].bytes_out += len(data)
+        self._out.append(h1.chunk(data) if self.chunked else data)
+
+    def on_end(self) -> None:
+        if self.chunked:
+            self._out.append(h1.LAST_CHUNK)
+        conn = self.conn
+        if conn is not None and not self._done.done():
+            self.flush()
+            keep = not self.resp_close_delimited and self._upstream_reusable()
+            self._release(conn, keep)
+            self._done.set_result(None)
+
+    def flush(self) -> None:
+        if self._out:
+            self.client.writelines(self._out)
+            self._out = []
+
+    def on_upgraded(self, tail: bytes) -> None:
+        conn, client = self.conn, self.client
+        if conn is None or conn.transport is None or client.transport is None:
+            return
+        if self.req.upgrade is None:
+            # A 101 nobody asked for would turn the connection into a blind tunnel
+            # (a known smuggling trick): treat it as a protocol error.
+            conn.abort()
+            return
+        conn.tunnel = client.transport
+        client.tunnel = conn.transport
+        if tail:
+            client.write(tail)
+        early = client.take_upgrade_tail()
+        if early:
+            conn.write(early)
+        self.close_client = True
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        conn = self.conn
+        if self._done.done() or conn is None:
+            return
+        if self.resp_close_delimited and exc is None:
+            self.on_end()  # a close-delimited body ends at a clean EOF
+            return
+        self.flush()
+        self.conn = None
+        conn.endpoint.outstanding -= 1
+        kind = "protocol" if isinstance(exc, UpstreamProtocolError) else "reset"
+        if not self.response_started and conn.served > 1 and not self._body_consumed():
+            self._done.set_exception(_Stale())
+            return
+        if self.response_started:
+            self.rt.recorder.variants[self.variant].errors[kind] += 1
+            self.client.abort()
+            self.close_client = True
+            self._done.set_result(None)
+        else:
+            self._done.set_exception(ProxyError(502, kind, f"upstream closed the connection "
+                                                           f"before responding ({self.variant})"))
+
+    # -- endings --------------------------------------------------------------
+    def check(self, now: float) -> None:
+        """Deadlines, called by the sweeper."""
+        t = self.rt.config.timeouts
+        kind = ""
+        if self.phase == _WAITING and t.first_byte and now - self.sent_at > t.first_byte:
+            kind = "no response within the first-byte timeout"
+        elif self.phase == _SENDING and t.idle and now - self.client.last_activity > t.idle:
+            kind = "request body idle timeout"
+        elif self.phase == _RECEIVING and t.idle and self.conn is not None \
+                and now - self.conn.last_activity > t.idle:
+            kind = "upstream idle timeout"
+        elif self.phase != _DONE and t.total and now - self.req.arrival > t.total:
+            kind = "total timeout"
+        if kind and not self._done.done():
+            self.rt.recorder.variants[self.variant].errors["timeout"] += 1
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.endpoint.outstanding -= 1
+                conn.sink = None
+                conn.abort()
+            if self.response_started:
+                self.flush()
+                self.client.abort()
+                self.close_client = True
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(ProxyError(504, "timeout", f"{kind} ({self.variant})"))
+
+    def client_lost(self) -> None:
+        """The client went away: stop the upstream side too."""
+        conn, self.conn = self.conn, None
+        if conn is not None and not self._done.done():
+            conn.endpoint.outstanding -= 1
+            conn.sink = None
+            conn.abort()
+            self.close_client = True
+            self._done.set_result(None)
+
+    def _fail(self, err: ProxyError) -> None:
+        self.status = err.status
+        if err.kind not in ("connect", "no_healthy"):  # those are counted where they happen
+            self.rt.recorder.variants[self.variant].errors[err.kind] += 1
+        self.close_client = True
+        self.client.write(h1.error_response(err.status, err.cause))
+
+    def _release(self, conn: UpstreamConnection, keep: bool) -> None:
+        self.conn = None
+        conn.endpoint.outstanding -= 1
+        balancer = self.rt.balancers[self.variant]
+        if self.status >= 500:
+            balancer.report_failure(conn.endpoint, self.rt.loop.time())
+        else:
+            balancer.report_success(conn.endpoint)
+        conn.release(keep, self.rt.config.limits.max_idle_per_endpoint)
+
+    def _upstream_reusable(self) -> bool:
+        body = self.req.body
+        return self.phase == _RECEIVING and (body is None or (body.complete and not body.aborted
+                                                              and body.buffered == 0))
+
+    def _body_consumed(self) -> bool:
+        body = self.req.body
+        return body is not None and body.consumed
+
+    def _record(self) -> None:
+        c = self.rt.recorder.variants[self.variant]
+        c.requests += 1
+        c.status_classes[self.status // 100 if 100 <= self.status < 600 else 0] += 1
+        body = self.req.body
+        if body is not None:
+            c.bytes_in += body.received

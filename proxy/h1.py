@@ -1,0 +1,67 @@
+"""HTTP/1.1 wire helpers shared by both sides: status lines, hop-by-hop rules, framing.
+
+Everything here is computed once at import so that per-request work is
+dictionary look-ups and byte joins.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Final
+
+# RFC 9110 7.6.1 and the proxies' practice: never forwarded; each connection has its own.
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+# Framing is recomputed by veer for each side, never copied.
+FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+# Headers veer sets itself on the request to the upstream.
+FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def status_line(code: int) -> bytes:
+    """``HTTP/1.1 <code> <standard reason>\\r\\n``: a backend's reason phrase is never copied."""
+    return f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}\r\n".encode("ascii")
+
+
+STATUS_LINES: Final = {code: status_line(code) for code in range(100, 600)}
+
+# Statuses whose responses never carry a body (RFC 9110 6.4.1).
+NO_BODY_STATUSES: Final = frozenset({204, 304}) | frozenset(range(100, 200))
+
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    """Lower-case header names listed in Connection headers (each also hop-by-hop)."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def error_response(code: int, cause: str, close: bool = True,
+                   extra: bytes = b"") -> bytes:
+    """A complete short plain-text response naming the cause, e.g. for 502/503/504."""
+    body = f"veer: {cause}\n".encode()
+    return b"".join((
+        STATUS_LINES[code],
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n" if close else b"",
+        extra,
+        CRLF,
+        body,
+    ))

@@ -1,0 +1,314 @@
+"""The client side: an asyncio protocol per connection, parsed by httptools (llhttp).
+
+llhttp in strict mode rejects the framing attacks (CL+TE, duplicate or bad
+Content-Length, bad Transfer-Encoding, obs-fold, bare CR/LF, bad tokens);
+this module adds what a proxy must check on top: one Host, no
+Transfer-Encoding on HTTP/1.0, header size and count limits, body limit, and
+header names with underscores dropped (a backend could read ``Content_Length``
+as ``Content-Length``). A rejected request gets its 4xx and the connection
+closes; nothing of it is forwarded.
+
+Pipelined requests are answered in order, one exchange at a time, with the
+queue bounded by ``limits.max_pipelined``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy import h1
+from proxy.request import Body, Request
+
+if TYPE_CHECKING:
+    from proxy.forward import Exchange
+    from proxy.runtime import Runtime
+    from proxy.upstream import UpstreamConnection
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Reject(Exception):
+    """A request that must be answered with ``status`` and a closed connection."""
+
+    def __init__(self, status: int, cause: str) -> None:
+        super().__init__(cause)
+        self.status, self.cause = status, cause
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests and runs their exchanges in order."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.loop = rt.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.upstream: UpstreamConnection | None = None  # for flow control of the response
+        self.tunnel: asyncio.Transport | None = None  # raw piping after a 101
+        self.closed = False
+        self.last_activity = 0.0
+        self._parser = httptools.HttpRequestParser(self)
+        self._req: Request | None = None  # being parsed
+        self._in_headers = False
+        self._active: Exchange | None = None
+        self._queue: deque[Request] = deque()
+        self._fatal: bytes | None = None  # error to send once earlier answers are out
+        self._upgrade_tail = b""
+        self._paused_for: set[str] = set()
+        self._connection_values: list[bytes] = []
+        limits = rt.config.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body_bytes
+        self._captured_names = rt.router.header_names
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.last_activity = self.loop.time()
+        self.rt.connections.add(self)
+        self.rt.sweeper.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self._fatal is not None or self.closed:
+            return
+        if self._req is not None and self._req.upgrade is not None and self._req.body is None:
+            self._upgrade_tail += data  # after an Upgrade request, until the tunnel is up
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_tail += data[exc.args[0]:]
+        except httptools.HttpParserError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, Reject):
+                self.fail(ctx.status, ctx.cause)
+            else:
+                self.fail(400, f"bad request ({exc})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.rt.connections.discard(self)
+        self.rt.sweeper.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self._req is not None and self._req.body is not None and not self._req.body.complete:
+            self._req.body.abort()
+        if self._active is not None:
+            self._active.client_lost()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._req = Request(self.loop.time())
+        self._in_headers = True
+        self._connection_values = []
+
+    def on_url(self, url: bytes) -> None:
+        req = self._req
+        assert req is not None
+        req.url += url
+        req.header_bytes += len(url)
+        if req.header_bytes > self._max_header_bytes:
+            raise Reject(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
+        req.header_bytes += len(name) + len(value) + 4
+        if req.header_bytes > self._max_header_bytes or len(req.headers) >= self._max_headers:
+            raise Reject(431, "request headers too large")
+        lname = name.lower()
+        if b"_" in lname:
+            return  # normalised away: a backend might read it as a dash
+        if lname == b"host":
+            if req.host is not None:
+                raise Reject(400, "more than one Host header")
+            req.host = value
+        elif lname == b"content-length":
+            req.content_length = int(value)  # llhttp has validated the digits
+        elif lname == b"transfer-encoding":
+            req.chunked = True  # llhttp insists chunked is final; we re-frame anyway
+        elif lname == b"connection":
+            self._connection_values.append(value)
+        elif lname == b"x-forwarded-for":
+            req.xff = value if req.xff is None else req.xff + b", " + value
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise Reject(417, "unsupported Expect")
+            req.expect_continue = True
+            return
+        if lname in self._captured_names:
+            old = req.captured.get(lname)
+            req.captured[lname] = value if old is None else old + b"; " + value
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        self._in_headers = False
+        parser = self._parser
+        req.method = parser.get_method()
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        if req.method == b"CONNECT":
+            raise Reject(405, "CONNECT is not supported by a reverse proxy")
+        if req.version not in ("1.1", "1.0"):
+            raise Reject(505, f"HTTP/{req.version} is not supported")
+        if req.version == "1.1" and req.host is None:
+            raise Reject(400, "missing Host header")
+        if req.chunked and req.version == "1.0":
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if req.content_length is not None and req.content_length > self._max_body:
+            raise Reject(413, "request body too large")
+        if self._connection_values:
+            req.connection_tokens = list(h1.connection_tokens(self._connection_values))
+        if parser.should_upgrade():
+            for name, value in req.headers:
+                if name.lower() == b"upgrade":
+                    req.upgrade = value
+        if req.chunked or (req.content_length or 0) > 0:
+            req.body = Body(self._pause_body, self._resume_body)
+        if self._active is None and not self._queue:
+            self._start(req)
+        else:
+            self._queue.append(req)
+            if len(self._queue) >= self.rt.config.limits.max_pipelined:
+                self._pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        assert req is not None and req.body is not None
+        if req.body.received + len(body) > self._max_body:
+            raise Reject(413, "request body too large")
+        req.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        if req.body is not None:
+            req.body.finish()
+        if req.upgrade is None:
+            self._req = None
+
+    # -- exchanges ------------------------------------------------------------
+    def _start(self, req: Request) -> None:
+        from proxy.forward import Exchange
+
+        if req.expect_continue and req.body is not None and not req.body.complete:
+            self.write(CONTINUE)
+        self._active = ex = Exchange(self.rt, self, req)
+        self.loop.create_task(ex.run())
+
+    def finished(self, ex: Exchange, reusable: bool) -> None:
+        """Called by the exchange when its response is fully written (or failed)."""
+        self._active = None
+        self.upstream = None
+        self.last_activity = self.loop.time()
+        body = ex.req.body
+        if body is not None and not body.complete:
+            reusable = False  # the rest of the request body is still on the wire
+        if not reusable or self.transport is None or self.tunnel is not None:
+            if self.tunnel is None:
+                self.close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+            if len(self._queue) < self.rt.config.limits.max_pipelined:
+                self._resume("pipeline")
+        elif self._fatal is not None:
+            self.write(self._fatal)
+            self.close()
+        elif self.rt.draining and self._req is None:
+            self.close()
+
+    def fail(self, status: int, cause: str) -> None:
+        """Reject the request being parsed: answer after earlier ones, then close."""
+        if self._req is not None and self._req.body is not None:
+            self._req.body.abort()
+        self._req = None
+        self._fatal = h1.error_response(status, cause)
+        self._pause("fatal")
+        if self._active is None and not self._queue:
+            self.write(self._fatal)
+            self.close()
+
+    # -- I/O helpers ----------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection (the client sees a truncated response, never a clean one)."""
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def take_upgrade_tail(self) -> bytes:
+        tail, self._upgrade_tail = self._upgrade_tail, b""
+        return tail
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_for and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused_for.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused_for:
+            self._paused_for.discard(reason)
+            if not self._paused_for and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _pause_body(self) -> None:
+        self._pause("body")
+
+    def _resume_body(self) -> None:
+        self._resume("body")
+
+    # -- deadlines (called by the sweeper) ------------------------------------
+    def check(self, now: float) -> None:
+        t = self.rt.config.timeouts
+        if self.tunnel is not None:
+            up = self.upstream
+            last = max(self.last_activity, up.last_activity if up is not None else 0.0)
+            if t.idle and now - last > t.idle:
+                self.close()
+        elif self._in_headers and self._req is not None:
+            if t.client_header and now - self._req.arrival > t.client_header:
+                self.fail(408, "request headers not received in time")
+        elif self._active is None and self._req is None and not self._queue and (
+                self.rt.draining or (t.client_idle and now - self.last_activity > t.client_idle)):
+            self.close()

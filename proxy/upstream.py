@@ -1,0 +1,230 @@
+"""Keep-alive upstream connections: an asyncio protocol per connection, parsed by httptools.
+
+A connection serves one exchange at a time (no upstream pipelining). Parsed
+response events go straight to the exchange's ``ResponseSink``; the sink
+writes to the client without an await per chunk. Idle connections wait in
+their endpoint's LIFO list and close after the upstream keep-alive timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Protocol
+
+import httptools
+
+from proxy.balance import Endpoint
+
+# Parsed header lists are (name, value) as received.
+Headers = list[tuple[bytes, bytes]]
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream sent something that is not valid HTTP/1.1."""
+
+
+class ResponseSink(Protocol):
+    """What an exchange does with the upstream's response as it is parsed."""
+
+    def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_upgraded(self, tail: bytes) -> None: ...
+    def on_lost(self, exc: BaseException | None) -> None: ...
+    def flush(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to one endpoint."""
+
+    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.served = 0
+        self.idle_since = 0.0
+        self.last_activity = 0.0
+        self.closed = False
+        self.head_only = False  # the request was HEAD: the response has no body
+        self.tunnel: asyncio.Transport | None = None  # raw piping after a 101
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: Headers = []
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle connection: the server broke framing; do not reuse it.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0]
+            sink.flush()
+            sink.on_upgraded(data[offset:])
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                sink.flush()
+                return
+            self.close()
+            sink.on_lost(UpstreamProtocolError(str(exc)))
+            return
+        sink.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_drain()
+        with contextlib.suppress(ValueError):
+            self.endpoint.idle.remove(self)
+        sink, self.sink = self.sink, None
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if sink is not None:
+            sink.on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain()
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.sink is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # interim response (e.g. 103): dropped
+            return
+        headers, self._headers = self._headers, []
+        keep_alive = self._parser.should_keep_alive()
+        self.sink.on_head(status, headers, keep_alive)
+        if self.head_only:
+            # llhttp cannot be told a HEAD response has no body; end here and
+            # start the next response with a fresh parser.
+            self._parser = httptools.HttpResponseParser(self)
+            self.sink.on_end()
+            raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        assert self.sink is not None
+        self.sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.sink is not None and self._parser.get_status_code() >= 200:
+            self.sink.on_end()
+
+    # -- used by the exchange -----------------------------------------------
+    def start(self, sink: ResponseSink, head_only: bool) -> None:
+        """Bind to an exchange before its request is written."""
+        self.sink = sink
+        self.head_only = head_only
+        self.served += 1
+        self.last_activity = self.loop.time()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the kernel buffer towards the upstream is full."""
+        if self._paused and not self.closed:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def release(self, keep: bool, max_idle: int) -> None:
+        """Back to the idle list after a complete exchange, or closed."""
+        self.sink = None
+        if keep and not self.closed and len(self.endpoint.idle) < max_idle:
+            self.idle_since = self.loop.time()
+            self.endpoint.idle.append(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+
+class _HeadDone(Exception):
+    """Stops the parser after a HEAD response's headers."""
+
+
+async def connect(endpoint: Endpoint, timeout: float) -> UpstreamConnection:
+    """A new connection to ``endpoint`` (raises OSError or TimeoutError)."""
+    loop = asyncio.get_running_loop()
+    addr = endpoint.address
+    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, loop), addr.host, addr.port)
+    if timeout > 0:
+        _, proto = await asyncio.wait_for(coro, timeout)
+    else:
+        _, proto = await coro
+    return proto
+
+
+def take_idle(endpoint: Endpoint) -> UpstreamConnection | None:
+    """The most recently used idle connection of ``endpoint``, if any."""
+    idle = endpoint.idle
+    while idle:
+        conn = idle.pop()
+        assert isinstance(conn, UpstreamConnection)
+        if not conn.closed:
+            return conn
+    return None
+
+
+def expire_idle(endpoint: Endpoint, before: float) -> None:
+    """Close idle connections unused since ``before`` (oldest are at the front)."""
+    idle = endpoint.idle
+    while idle:
+        conn = idle[0]
+        assert isinstance(conn, UpstreamConnection)
+        if conn.idle_since > before and not conn.closed:
+            break
+        idle.pop(0)
+        conn.close()
