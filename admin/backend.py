@@ -1,4 +1,4 @@
-"""A real HTTP backend for the demo and the tests: an aiohttp app that echoes and misbehaves on cue."""
+"""A real HTTP backend for the demo and tests: an aiohttp app that echoes and misbehaves on cue."""
 
 from __future__ import annotations
 
@@ -124,7 +124,5 @@ async def start_backend(name: str, port: int = 0) -> Backend:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    server = site._server
-    assert server is not None and isinstance(server, asyncio.Server)
-    bound = server.sockets[0].getsockname()[1]
+    bound: int = runner.addresses[0][1]
     return Backend(name, bound, runner, app[SEEN_KEY])

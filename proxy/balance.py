@@ -4,7 +4,8 @@ Round-robin walks the endpoints in turn; least-outstanding takes the one with
 the fewest in-flight requests (ties broken round-robin). Passive health
 ejects an endpoint after ``consecutive_failures`` connect failures or 5xx in a
 row, for ``ejection_time``, but never more than ``max_ejected_percent`` of the
-pool and never the last healthy endpoint. No I/O here: ``now`` is passed in.
+pool (at least one when it is not 0) and never the last healthy endpoint.
+No I/O here: ``now`` is passed in.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from proxy.config import Address, Health
 class Endpoint:
     """One backend address with its live counters and health."""
 
-    __slots__ = ("address", "ejected_until", "ejections", "failures", "idle", "label",
-                 "outstanding", "total")
+    __slots__ = ("address", "connects", "ejected_until", "ejections", "failures", "idle",
+                 "label", "outstanding", "total")
 
     def __init__(self, address: Address) -> None:
         self.address = address
         self.label = f"http://{address}"
         self.outstanding = 0
         self.total = 0
+        self.connects = 0  # new upstream connections opened (keep-alive reuse shows here)
         self.failures = 0  # consecutive
         self.ejected_until = 0.0
         self.ejections = 0
@@ -81,7 +83,9 @@ class Balancer:
             return False
         healthy = [e for e in self.endpoints if e.healthy(now)]
         ejected = len(self.endpoints) - len(healthy)
-        allowed = len(self.endpoints) * self.health.max_ejected_percent // 100
+        pct = self.health.max_ejected_percent
+        # As Envoy: at least one may be ejected whenever the percent is not 0.
+        allowed = max(1, len(self.endpoints) * pct // 100) if pct else 0
         # Never eject the last healthy endpoint, whatever the percent says.
         if len(healthy) <= 1 or ejected + 1 > max(allowed, 0):
             return False

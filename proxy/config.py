@@ -228,6 +228,10 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return convert
 
 
+def _no() -> Any:
+    raise ValueError
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError
@@ -254,6 +258,8 @@ def parse_listen(value: Any) -> Address:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError
     host, _, port_text = value.rpartition(":")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError  # an IPv6 host needs brackets: "::1" is not host ":" port 1
     host = host.strip("[]")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError
@@ -268,9 +274,13 @@ def parse_endpoint(value: Any) -> Address:
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
         raise ValueError
     try:
-        port = parts.port or 80
+        port = parts.port
     except ValueError:
         raise ValueError from None
+    if port == 0:
+        raise ValueError  # not a port one can connect to (was silently turned into 80)
+    if port is None:
+        port = 80
     return Address(parts.hostname, port)
 
 
@@ -300,17 +310,22 @@ def _names(value: Any) -> frozenset[str]:
 
 def _read_pool(r: _Reader, name: str, others: tuple[str, ...]) -> Pool:
     p = r.section(name)
-    endpoints = p.require("endpoints", _list_of(parse_endpoint),
-                          "a non-empty list of endpoint URLs like http://127.0.0.1:9001")
-    if not endpoints:
-        raise p.fail("endpoints", [], "a non-empty list of endpoint URLs like http://127.0.0.1:9001")
+    form = "a non-empty list of endpoint URLs like http://127.0.0.1:9001"
+    raw = p.require("endpoints", lambda v: v if isinstance(v, list) and v else _no(), form)
+    endpoints = []
+    for i, url in enumerate(raw):  # name the one bad entry, not the whole list
+        try:
+            endpoints.append(parse_endpoint(url))
+        except (ValueError, TypeError):
+            raise p.fail(f"endpoints[{i}]", url, "an endpoint URL like http://127.0.0.1:9001 "
+                         "(http, host, optional port 1..65535, no path)") from None
     balance = p.get("balance", "round_robin", _choice(BALANCE_POLICIES),
                     " or ".join(BALANCE_POLICIES))
     pick_other = _choice(others)
     failover = p.get("failover", None, lambda v: None if v in (None, "none") else pick_other(v),
                      "none or " + " or ".join(others))
     p.done()
-    return Pool(endpoints, balance, failover)
+    return Pool(tuple(endpoints), balance, failover)
 
 
 def _read_cohort(r: _Reader) -> Cohort:
@@ -393,7 +408,9 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     routing = _read_routing(r.section("routing"))
     w = r.section("weights")
     new_bp = w.get("new", 0, _weight, "a percent 0..100 with at most two decimals, e.g. 10 or 12.5")
-    if w.has("original"):
+    if w.has("original") and not w.has("new"):  # {original: 90} means new = 10
+        new_bp = 10000 - w.get("original", 10000, _weight, "a percent 0..100")
+    elif w.has("original"):
         orig_bp = w.get("original", 10000 - new_bp, _weight, "a percent 0..100")
         if orig_bp + new_bp != 10000:
             raise w.fail("original", w.data["original"], f"100 - new = {(10000 - new_bp) / 100:g}")

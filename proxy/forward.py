@@ -30,6 +30,11 @@ _DROP_REQUEST = h1.HOP_BY_HOP | h1.FRAMING | h1.FORWARDED | {b"expect"}
 _DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
 
 
+# Error kinds counted when the exchange ends; "client" (the client's fault) is not an
+# upstream error, and connect/no_healthy are counted at the attempt.
+_COUNTED = frozenset({"timeout", "reset", "protocol", "overload"})
+
+
 class ProxyError(Exception):
     """A failure veer answers itself, before any response byte went to the client."""
 
@@ -97,14 +102,14 @@ class Exchange:
             self.client.finished(self, reusable)
 
     async def _forward(self) -> None:
-        head = self._request_head()
         while True:
             conn = await self._acquire()
-            if self.client.closed:  # the client left while we connected
+            if self._done.done():  # the client left or was rejected while we connected
                 self._release(conn, keep=False)
+                await self._done
                 return
             try:
-                await self._send(conn, head)
+                await self._send(conn, self._request_head(conn))
                 await self._done
                 return
             except _Stale:
@@ -162,8 +167,8 @@ class Exchange:
         if body is None:
             conn.write(head)
         elif body.complete and body.buffered <= SMALL_BODY and not body.consumed:
-            data = body.take_all()
-            conn.write(head + (h1.chunk(data) + h1.LAST_CHUNK if self.req.chunked else data))
+            whole = body.take_all()
+            conn.write(head + (h1.chunk(whole) + h1.LAST_CHUNK if self.req.chunked else whole))
         else:
             conn.write(head)
             while not self._done.done():
@@ -182,7 +187,7 @@ class Exchange:
             self.phase = _WAITING
             self.sent_at = self.rt.loop.time()
 
-    def _request_head(self) -> bytes:
+    def _request_head(self, conn: UpstreamConnection) -> bytes:
         req = self.req
         drop = _DROP_REQUEST
         if req.connection_tokens:
@@ -196,6 +201,8 @@ class Exchange:
         parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")
         if req.host is not None:
             parts += (b"x-forwarded-host: ", req.host, b"\r\n")
+        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream needs one
+            parts += (b"host: ", str(conn.endpoint.address).encode(), b"\r\n")
         if req.upgrade is not None:
             parts += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
         if req.chunked:
@@ -336,34 +343,36 @@ class Exchange:
             kind = "upstream idle timeout"
         elif self.phase != _DONE and t.total and now - self.req.arrival > t.total:
             kind = "total timeout"
-        if kind and not self._done.done():
-            self.rt.recorder.variants[self.variant].errors["timeout"] += 1
-            conn, self.conn = self.conn, None
-            if conn is not None:
-                conn.endpoint.outstanding -= 1
-                conn.sink = None
-                conn.abort()
-            if self.response_started:
-                self.flush()
-                self.client.abort()
-                self.close_client = True
-                self._done.set_result(None)
-            else:
-                self._done.set_exception(ProxyError(504, "timeout", f"{kind} ({self.variant})"))
+        if kind:
+            self.abort(ProxyError(504, "timeout", f"{kind} ({self.variant})"))
 
     def client_lost(self) -> None:
         """The client went away: stop the upstream side too."""
+        self.abort(None)
+
+    def abort(self, err: ProxyError | None) -> None:
+        """End the exchange now: cut the upstream; answer ``err`` if the response has not
+        started, else cut the client too (a truncated response, never a clean short one)."""
+        if self._done.done():
+            return
         conn, self.conn = self.conn, None
-        if conn is not None and not self._done.done():
+        if conn is not None:
             conn.endpoint.outstanding -= 1
             conn.sink = None
             conn.abort()
-            self.close_client = True
-            self._done.set_result(None)
+        self.close_client = True
+        if err is not None and not self.response_started:
+            self._done.set_exception(err)
+            return
+        if err is not None and err.kind in _COUNTED:
+            self.rt.recorder.variants[self.variant].errors[err.kind] += 1
+        self.flush()
+        self.client.abort()
+        self._done.set_result(None)
 
     def _fail(self, err: ProxyError) -> None:
         self.status = err.status
-        if err.kind not in ("connect", "no_healthy"):  # those are counted where they happen
+        if err.kind in _COUNTED:  # connect and no_healthy are counted where they happen
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
         self.client.write(h1.error_response(err.status, err.cause))

@@ -18,15 +18,15 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from proxy import h1
+from proxy.forward import Exchange, ProxyError
 from proxy.request import Body, Request
 
 if TYPE_CHECKING:
-    from proxy.forward import Exchange
     from proxy.runtime import Runtime
     from proxy.upstream import UpstreamConnection
 
@@ -70,8 +70,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         sock = transport.get_extra_info("socket")
@@ -217,8 +217,6 @@ class ClientConnection(asyncio.Protocol):
 
     # -- exchanges ------------------------------------------------------------
     def _start(self, req: Request) -> None:
-        from proxy.forward import Exchange
-
         if req.expect_continue and req.body is not None and not req.body.complete:
             self.write(CONTINUE)
         self._active = ex = Exchange(self.rt, self, req)
@@ -248,11 +246,18 @@ class ClientConnection(asyncio.Protocol):
 
     def fail(self, status: int, cause: str) -> None:
         """Reject the request being parsed: answer after earlier ones, then close."""
-        if self._req is not None and self._req.body is not None:
-            self._req.body.abort()
-        self._req = None
-        self._fatal = h1.error_response(status, cause)
+        req, self._req = self._req, None
+        if req is not None and req.body is not None:
+            req.body.abort()
         self._pause("fatal")
+        active = self._active
+        if active is not None and active.req is req:
+            # Already being forwarded (e.g. its body grew past the limit): the
+            # exchange answers, or cuts the response, and the connection closes.
+            self._fatal = b""
+            active.abort(ProxyError(status, "client", cause))
+            return
+        self._fatal = h1.error_response(status, cause)
         if self._active is None and not self._queue:
             self.write(self._fatal)
             self.close()

@@ -6,8 +6,9 @@ config loader can name the key that held the bad value.
 
 from __future__ import annotations
 
+import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -31,7 +32,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(DURATION_FORM)
     if isinstance(value, int | float):
-        if value < 0:
+        if value < 0 or not math.isfinite(value):
             raise ValueError(DURATION_FORM)
         return float(value)
     if isinstance(value, str):
@@ -66,9 +67,9 @@ def parse_percent_bp(value: object) -> int:
     text = value.strip().removesuffix("%").strip() if isinstance(value, str) else str(value)
     try:
         pct = Decimal(text)
-    except InvalidOperation:
+        bp = pct * 100  # sNaN or a huge exponent trap here
+    except ArithmeticError:  # InvalidOperation, Overflow
         raise ValueError(PERCENT_FORM) from None
-    bp = pct * 100
     if not pct.is_finite() or bp != bp.to_integral_value() or not 0 <= bp <= 10000:
         raise ValueError(PERCENT_FORM)
     return int(bp)

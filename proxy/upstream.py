@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -57,8 +57,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -199,6 +199,7 @@ async def connect(endpoint: Endpoint, timeout: float) -> UpstreamConnection:
     """A new connection to ``endpoint`` (raises OSError or TimeoutError)."""
     loop = asyncio.get_running_loop()
     addr = endpoint.address
+    endpoint.connects += 1
     coro = loop.create_connection(lambda: UpstreamConnection(endpoint, loop), addr.host, addr.port)
     if timeout > 0:
         _, proto = await asyncio.wait_for(coro, timeout)

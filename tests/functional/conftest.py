@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from admin.backend import Backend, start_backend
 from proxy.config import from_dict
 from proxy.server import ProxyServer
-from admin.backend import Backend, start_backend
 
 StartVeer = Callable[..., Awaitable[ProxyServer]]
 

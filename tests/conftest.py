@@ -1,0 +1,14 @@
+"""Tests run on uvloop, the loop veer runs on in production."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pytest
+import uvloop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], uvloop.Loop]]:
+    return {"uvloop": uvloop.new_event_loop}

@@ -1,0 +1,140 @@
+"""Failures veer answers itself (502/503/504, 4xx limits), retries, failover and passive health."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import pytest
+
+from admin.backend import Backend
+from tests.functional.conftest import StartVeer, base_config
+from tests.functional.rawhttp import exchange
+
+
+def dead_url() -> str:
+    """A 127.0.0.1 URL where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def get(port: int, path: str = "/", user: str = "u") -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as s, s.get(
+            f"http://127.0.0.1:{port}{path}", headers={"X-User-Id": user}) as r:
+        return r.status, await r.text(), r.headers.get("x-veer-variant", "")
+
+
+async def test_connect_failure_is_502_naming_the_cause(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    cfg = base_config(backends, weights={"new": 100})
+    cfg["upstreams"]["new"]["endpoints"] = [dead_url()]
+    server = await start_veer(cfg)
+    status, text, _ = await get(server.port)
+    assert status == 502
+    assert "upstream connect failed (new" in text
+    snap = server.rt.recorder.snapshot("new")
+    assert snap.errors["connect"] >= 1
+    assert snap.status_classes[5] == 1
+
+
+async def test_failover_to_original_on_connect_failure(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    cfg = base_config(backends, weights={"new": 100})
+    cfg["upstreams"]["new"] = {"endpoints": [dead_url()], "failover": "original"}
+    server = await start_veer(cfg)
+    status, text, variant = await get(server.port)
+    assert (status, variant) == (200, "original")
+    assert '"backend": "original' in text
+    assert server.rt.recorder.snapshot("new").errors["connect"] == 1
+
+
+async def test_retry_other_endpoint_then_eject_the_dead_one(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    cfg = base_config(backends, weights={"new": 0}, health={"consecutive_failures": 3})
+    cfg["upstreams"]["original"]["endpoints"] = [dead_url(), backends["original-a"].url]
+    server = await start_veer(cfg)
+    for i in range(20):
+        status, _, _ = await get(server.port, user=str(i))
+        assert status == 200  # the dead endpoint's connect failure was retried elsewhere
+    dead = server.rt.balancers["original"].endpoints[0]
+    assert dead.ejections == 1
+    assert dead.connects == 3  # ejected after 3 failures, then no longer tried
+
+
+async def test_5xx_ejects_but_never_the_last_endpoint(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    cfg = base_config(backends, weights={"new": 100}, health={"consecutive_failures": 2})
+    server = await start_veer(cfg)
+    for _ in range(6):
+        status, _, _ = await get(server.port, "/status/500")
+        assert status == 500  # the backend's own 5xx passes through unchanged
+    only = server.rt.balancers["new"].endpoints[0]
+    assert only.ejections == 0 and server.rt.balancers["new"].healthy_count(0) == 1
+
+
+async def test_first_byte_timeout_is_504(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    server = await start_veer(base_config(backends, timeouts={"first_byte": "300ms"}))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    status, text, _ = await get(server.port, "/slow?s=3")
+    assert status == 504
+    assert "first-byte timeout" in text
+    assert loop.time() - t0 < 2.0
+    assert sum(server.rt.recorder.snapshot(v).errors["timeout"] for v in ("new", "original")) == 1
+
+
+async def test_overload_is_fast_503(backends: dict[str, Backend], start_veer: StartVeer) -> None:
+    server = await start_veer(base_config(backends, limits={"max_concurrent_upstream": 1}))
+    slow = asyncio.ensure_future(get(server.port, "/slow?s=0.5"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while server.rt.upstream_in_flight == 0:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.005)
+    status, text, _ = await get(server.port)
+    assert status == 503 and "too many concurrent" in text
+    assert (await slow)[0] == 200
+
+
+async def test_backend_dies_mid_response_client_sees_abort(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    server = await start_veer(base_config(backends, weights={"new": 100}))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{server.port}/die") as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        status, _, _ = await get(server.port)  # others are unaffected
+        assert status == 200
+    assert server.rt.recorder.snapshot("new").errors["reset"] == 1
+
+
+async def test_limits_header_and_body(backends: dict[str, Backend], start_veer: StartVeer) -> None:
+    server = await start_veer(base_config(
+        backends, limits={"max_header_bytes": "2KiB", "max_body_bytes": 1000}))
+    big_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
+    reply, closed = await exchange(server.port, big_header)
+    assert reply.startswith(b"HTTP/1.1 431 ") and closed
+    big_body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000
+    reply, closed = await exchange(server.port, big_body)
+    assert reply.startswith(b"HTTP/1.1 413 ") and closed
+    chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"7d0\r\n" + b"c" * 2000 + b"\r\n0\r\n\r\n")
+    reply, closed = await exchange(server.port, chunked)
+    assert reply.startswith(b"HTTP/1.1 413 ") and closed
+
+
+async def test_slow_headers_get_408(backends: dict[str, Backend], start_veer: StartVeer) -> None:
+    server = await start_veer(base_config(backends, timeouts={"client_header": "300ms"}))
+    reply, closed = await exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=3)
+    assert reply.startswith(b"HTTP/1.1 408 ") and closed
