@@ -49,6 +49,7 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _slow(request: web.Request) -> web.Response:
+    request.app[SEEN_KEY].append({"path": request.path_qs})
     await asyncio.sleep(float(request.query.get("s", "1")))
     return web.Response(text=f"{request.app[NAME_KEY]} slow\n")
 

@@ -179,6 +179,8 @@ class ClientConnection(asyncio.Protocol):
             raise Reject(405, "CONNECT is not supported by a reverse proxy")
         if req.version not in ("1.1", "1.0"):
             raise Reject(505, f"HTTP/{req.version} is not supported")
+        if req.url[:1] != b"/" and req.url != b"*":
+            _to_origin_form(req)
         if req.version == "1.1" and req.host is None:
             raise Reject(400, "missing Host header")
         if req.chunked and req.version == "1.0":
@@ -317,3 +319,18 @@ class ClientConnection(asyncio.Protocol):
         elif self._active is None and self._req is None and not self._queue and (
                 self.rt.draining or (t.client_idle and now - self.last_activity > t.client_idle)):
             self.close()
+
+
+def _to_origin_form(req: Request) -> None:
+    """``GET http://host/path`` -> ``GET /path`` with Host = host (RFC 9112 3.2.2), so the
+    backend cannot see a Host that disagrees with the target veer routed."""
+    scheme, sep, rest = req.url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise Reject(400, "request target must be origin-form or absolute-form")
+    authority, slash, path = rest.partition(b"/")
+    if not authority or b"@" in authority:
+        raise Reject(400, "bad authority in request target")
+    req.url = b"/" + path if slash else b"/"
+    req.host = authority
+    req.headers = [(n, v) for n, v in req.headers if n.lower() != b"host"]
+    req.headers.append((b"Host", authority))

@@ -159,3 +159,14 @@ async def test_concurrent_clients(backends: dict[str, Backend], start_veer: Star
 
         statuses = await asyncio.gather(*(one(i) for i in range(300)))
     assert statuses == [200] * 300
+
+
+async def test_absolute_form_target_becomes_origin_form(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    server = await start_veer(base_config(backends, weights={"new": 0}))
+    reply, _ = await exchange(
+        server.port, b"GET http://real.example/a?b=1 HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    info = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert info["path"] == "/a?b=1"
+    assert _headers_seen(info)["host"] == ["real.example"]

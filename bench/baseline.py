@@ -1,0 +1,251 @@
+"""First throughput baseline: wrk -> nginx directly vs wrk -> veer -> nginx.
+
+Not part of the test suite. Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk
+nginx-light``). Everything listens on 127.0.0.1; veer is pinned to one core, nginx and wrk
+to another. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = ("veer bench payload " * 6)[:99] + "\n"  # exactly 100 bytes
+NGINX_CONF = """daemon off; master_process off; worker_processes 1;
+error_log {tmp}/error.log; pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; keepalive_requests 100000;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{ listen 127.0.0.1:{original}; location / {{ return 200 "{body}"; }} }}
+  server {{ listen 127.0.0.1:{new}; location / {{ return 200 "{body}"; }} }}
+}}
+"""
+VEER_CONF = """listen: 127.0.0.1:{port}
+admin: {{listen: "127.0.0.1:{admin}"}}
+upstreams:
+  original: {{endpoints: ["http://127.0.0.1:{original}"]}}
+  new: {{endpoints: ["http://127.0.0.1:{new}"]}}
+routing: {{user_key: ["header:X-User-Id"]}}
+weights: {{new: 10}}
+timeouts: {{drain: 2s}}
+"""
+# 1000 pre-formatted requests with random user ids, built once; request() only cycles.
+WRK_LUA = """local reqs, n, i = {}, 1000, 0
+function init(args)
+  math.randomseed(20240601)
+  for k = 1, n do
+    reqs[k] = wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, 1000000)})
+  end
+end
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def die(msg: str) -> NoReturn:
+    print(f"baseline: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            die(f"{what} exited with {proc.returncode}:\n{tail(log)}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    die(f"{what} not listening on 127.0.0.1:{port} after 15s:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"unparsable wrk time {text!r}")
+    return float(m[1]) * UNITS_MS[m[2]]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    total = re.search(r"^\s+(\d+) requests in", out, re.M)
+    if not (rps and p50 and p99 and total):
+        raise ValueError(f"cannot parse wrk output:\n{out}")
+    problems = [ln.strip() for ln in out.splitlines()
+                if ln.strip().startswith(("Socket errors:", "Non-2xx or 3xx responses:"))]
+    return {"rps": float(rps[1]), "p50_ms": to_ms(p50[1]), "p99_ms": to_ms(p99[1]),
+            "requests": int(total[1]), "problems": problems}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per target")
+    args = ap.parse_args()
+    tools = {t: shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin")
+             for t in ("wrk", "nginx", "taskset")}
+    missing = [t for t, path in tools.items() if path is None]
+    if missing:
+        die(f"missing {', '.join(missing)}; install with: sudo apt-get install -y wrk "
+            "nginx-light (taskset is in util-linux)")
+    veer = Path(sys.executable).with_name("veer")
+    veer_bin = str(veer) if veer.exists() else shutil.which("veer")
+    if veer_bin is None:
+        die("veer not found; run with the project venv: .venv/bin/python bench/baseline.py")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        die("needs 2 CPUs: veer on one, nginx and wrk on the other")
+    pin_veer = ["taskset", "-c", str(cpus[0])]
+    pin_load = ["taskset", "-c", str(cpus[1])]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
+
+    tmp = Path(tempfile.mkdtemp(prefix="veer-bench-"))
+    nginx: subprocess.Popen[bytes] | None = None
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        ports = {"original": free_port(), "new": free_port(), "veer": free_port()}
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, body=BODY, **ports))
+        (tmp / "veer.yaml").write_text(VEER_CONF.format(port=ports["veer"], admin=free_port(),
+                                                        **ports))
+        (tmp / "req.lua").write_text(WRK_LUA)
+        nginx_log, veer_log = tmp / "nginx.out", tmp / "veer.log"
+        with nginx_log.open("wb") as out:
+            nginx = subprocess.Popen(
+                [*pin_load, str(tools["nginx"]), "-p", str(tmp), "-e", str(tmp / "error.log"),
+                 "-c", str(tmp / "nginx.conf")], stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(ports["original"], nginx, "nginx", tmp / "error.log")
+        wait_listening(ports["new"], nginx, "nginx", tmp / "error.log")
+        with veer_log.open("wb") as out:
+            proxy = subprocess.Popen([*pin_veer, veer_bin, "run", "--config",
+                                      str(tmp / "veer.yaml")], stdout=out,
+                                     stderr=subprocess.STDOUT)
+        wait_listening(ports["veer"], proxy, "veer", veer_log)
+
+        wrk_args = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+                    "-s", str(tmp / "req.lua")]
+        targets = {"direct": ports["original"], "veer": ports["veer"]}
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        for rep in range(args.reps):
+            for name, port in targets.items():
+                cmd = [*pin_load, *wrk_args, f"http://127.0.0.1:{port}/"]
+                res = subprocess.run(cmd, capture_output=True, text=True,
+                                     timeout=args.duration + 60, check=False)
+                if res.returncode != 0:
+                    die(f"wrk failed ({res.returncode}): {res.stderr or res.stdout}")
+                run = parse_wrk(res.stdout)
+                runs[name].append(run)
+                print(f"rep {rep + 1}/{args.reps} {name:6} {run['rps']:10.1f} req/s  "
+                      f"p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
+                      + "".join(f"  [{p}]" for p in run["problems"]), file=sys.stderr)
+                if proxy.poll() is not None:
+                    die(f"veer exited with {proxy.returncode}:\n{tail(veer_log)}")
+        warnings = [ln for ln in veer_log.read_text(errors="replace").splitlines()
+                    if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
+        summary = {name: {k: statistics.median(r[k] for r in rs)
+                          for k in ("rps", "p50_ms", "p99_ms")} for name, rs in runs.items()}
+        commands = {
+            "wrk_command": shlex.join([*pin_load, *wrk_args]) + " http://127.0.0.1:PORT/",
+            "veer_command": shlex.join([*pin_veer, veer_bin, "run", "--config",
+                                        str(tmp / "veer.yaml")]),
+        }
+        report(args, runs, summary, {k: v.replace(str(tmp), "$TMP")
+                                     for k, v in commands.items()}, warnings)
+        return 0
+    finally:
+        stop(proxy)
+        stop(nginx)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
+           summary: dict[str, dict[str, float]], commands: dict[str, str],
+           warnings: list[str]) -> None:
+    now = dt.datetime.now().astimezone()
+    direct = summary["direct"]["rps"]
+    info: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"), "cpu": cpu_model(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "command": shlex.join([sys.executable, *sys.argv]), **commands,
+        "duration_s": args.duration, "connections": args.connections, "reps": args.reps,
+        "veer_log_warnings": warnings[:20],
+    }
+    lines = ["| target | req/s (median) | p50 ms | p99 ms | veer/direct req/s | errors |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, s in summary.items():
+        problems = sorted({p for r in runs[name] for p in r["problems"]}) or ["none"]
+        ratio = f"{s['rps'] / direct:.3f}" if direct else "n/a"
+        lines.append(f"| {name} | {s['rps']:.1f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} "
+                     f"| {ratio} | {'; '.join(problems)} |")
+    print("\n".join(lines) + "\n")
+    for key in ("date", "cpu", "python", "platform", "command", "wrk_command", "veer_command"):
+        print(f"- {key}: `{info[key]}`")
+    print(f"- veer log warnings/errors: {len(warnings)}"
+          + "".join(f"\n  - `{w}`" for w in warnings[:5]))
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"baseline-{now:%Y-%m-%d-%H%M%S}.json"
+    path.write_text(json.dumps({**info, "median": summary, "runs": runs}, indent=2) + "\n")
+    print(f"- results: `{path.relative_to(REPO)}`")
+
+if __name__ == "__main__":
+    sys.exit(main())
