@@ -104,6 +104,16 @@ async def _die(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _stall(request: web.Request) -> web.StreamResponse:
+    """Send headers and 10 bytes of a 1000-byte body, then go quiet for ``s`` seconds."""
+    resp = web.StreamResponse()
+    resp.content_length = 1000
+    await resp.prepare(request)
+    await resp.write(b"y" * 10)
+    await asyncio.sleep(float(request.query.get("s", "5")))
+    return resp
+
+
 def make_app(name: str) -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app[NAME_KEY] = name
@@ -114,6 +124,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_post("/upload", _upload)
     app.router.add_get("/ws", _ws)
     app.router.add_get("/die", _die)
+    app.router.add_get("/stall", _stall)
     app.router.add_route("*", "/{tail:.*}", _echo)
     return app
 

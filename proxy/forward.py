@@ -54,9 +54,9 @@ _CONNECTING, _SENDING, _WAITING, _RECEIVING, _DONE = range(5)
 class Exchange:
     """Forwards one request and its response; also the upstream's ``ResponseSink``."""
 
-    __slots__ = ("_done", "_out", "chunked", "client", "close_client", "conn", "decision",
-                 "phase", "req", "resp_close_delimited", "response_started", "rt", "sent_at",
-                 "status", "variant")
+    __slots__ = ("_done", "_out", "_whole_body", "chunked", "client", "close_client", "conn",
+                 "decision", "phase", "req", "resp_close_delimited", "response_started", "rt",
+                 "sent_at", "status", "upstream_keep_alive", "variant")
 
     def __init__(self, rt: Runtime, client: ClientConnection, req: Request) -> None:
         self.rt = rt
@@ -70,6 +70,8 @@ class Exchange:
         self.chunked = False
         self.close_client = False
         self.resp_close_delimited = False
+        self.upstream_keep_alive = True
+        self._whole_body: bytes | None = None  # a small body kept for a replay
         self.status = 0
         self.sent_at = 0.0
         self._out: list[bytes] = []
@@ -166,8 +168,11 @@ class Exchange:
         self.phase = _SENDING
         if body is None:
             conn.write(head)
-        elif body.complete and body.buffered <= SMALL_BODY and not body.consumed:
-            whole = body.take_all()
+        elif self._whole_body is not None or (
+                body.complete and body.buffered <= SMALL_BODY and not body.consumed):
+            if self._whole_body is None:
+                self._whole_body = body.take_all()
+            whole = self._whole_body
             conn.write(head + (h1.chunk(whole) + h1.LAST_CHUNK if self.req.chunked else whole))
         else:
             conn.write(head)
@@ -218,6 +223,7 @@ class Exchange:
         self.phase = _RECEIVING
         self.status = status
         self.response_started = True
+        self.upstream_keep_alive = keep_alive
         drop = _DROP_RESPONSE
         out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
         length: bytes | None = None
@@ -277,7 +283,8 @@ class Exchange:
         conn = self.conn
         if conn is not None and not self._done.done():
             self.flush()
-            keep = not self.resp_close_delimited and self._upstream_reusable()
+            keep = (self.upstream_keep_alive and not self.resp_close_delimited
+                    and self._upstream_reusable())
             self._release(conn, keep)
             self._done.set_result(None)
 

@@ -48,11 +48,11 @@ class Body:
         self._wake()
 
     def take_all(self) -> bytes:
-        """Everything buffered, at once (for small, complete bodies)."""
+        """Everything buffered, at once (for small, complete bodies, which the caller keeps
+        so that the request can be replayed on a fresh connection)."""
         data = b"".join(self._chunks)
         self._chunks.clear()
         self.buffered = 0
-        self.consumed = True
         return data
 
     async def read(self) -> bytes | None:

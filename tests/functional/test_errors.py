@@ -138,3 +138,52 @@ async def test_slow_headers_get_408(backends: dict[str, Backend], start_veer: St
     server = await start_veer(base_config(backends, timeouts={"client_header": "300ms"}))
     reply, closed = await exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=3)
     assert reply.startswith(b"HTTP/1.1 408 ") and closed
+
+
+async def test_idle_timeout_mid_body_aborts_the_response(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    server = await start_veer(base_config(backends, weights={"new": 100},
+                                          timeouts={"idle": "300ms"}))
+    async with aiohttp.ClientSession() as s, \
+            s.get(f"http://127.0.0.1:{server.port}/stall?s=3") as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert server.rt.recorder.snapshot("new").errors["timeout"] == 1
+
+
+async def _serve_once(reply: bytes) -> tuple[asyncio.Server, int]:
+    """A backend that answers every connection with ``reply`` and closes."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(("reply", "what"), [
+    (b"garbage that is not http\r\n\r\n", "bad HTTP"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "two CL"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+     b"GET /smuggled HTTP/1.1\r\n\r\n", "unsolicited 101"),
+])
+async def test_bad_upstream_responses_are_502(
+    backends: dict[str, Backend], start_veer: StartVeer, reply: bytes, what: str
+) -> None:
+    bad, port = await _serve_once(reply)
+    try:
+        cfg = base_config(backends, weights={"new": 100})
+        cfg["upstreams"]["new"]["endpoints"] = [f"http://127.0.0.1:{port}"]
+        server = await start_veer(cfg)
+        reply_to_client, closed = await exchange(
+            server.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-User-Id: u\r\n\r\n")
+        assert reply_to_client.startswith(b"HTTP/1.1 502 "), what
+        assert b"smuggled" not in reply_to_client
+        assert closed
+    finally:
+        bad.close()
+        await bad.wait_closed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -170,3 +171,67 @@ async def test_absolute_form_target_becomes_origin_form(
     info = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert info["path"] == "/a?b=1"
     assert _headers_seen(info)["host"] == ["real.example"]
+
+
+async def _one_answer_per_connection(close_header: bool) -> tuple[asyncio.Server, list[int]]:
+    """A backend that answers the first request on each connection and drops the second
+    unanswered (a keep-alive race made deterministic)."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length)
+        extra = b"connection: close\r\n" if close_header else b""
+        writer.write(b"HTTP/1.1 200 OK\r\n%bcontent-length: %d\r\n\r\n%b"
+                     % (extra, len(body), body))
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")  # a second request: drop it unanswered
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, connections
+
+
+async def test_stale_pooled_connection_is_retried_when_safe(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    bad, connections = await _one_answer_per_connection(close_header=False)
+    try:
+        cfg = base_config(backends, weights={"new": 100})
+        cfg["upstreams"]["new"]["endpoints"] = [f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}"]
+        server = await start_veer(cfg)
+        async with aiohttp.ClientSession() as s:
+            for i in range(5):  # small bodies are kept and replayed on a fresh connection
+                async with s.post(f"http://127.0.0.1:{server.port}/", data=b"p%d" % i) as r:
+                    assert (r.status, await r.read()) == (200, b"p%d" % i)
+        assert len(connections) == 5
+        # request 1 binds once; each later one binds a stale pooled connection, then a fresh one
+        assert server.rt.balancers["new"].endpoints[0].total == 9
+    finally:
+        bad.close()
+        await bad.wait_closed()
+
+
+async def test_upstream_connection_close_is_not_pooled(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    bad, connections = await _one_answer_per_connection(close_header=True)
+    try:
+        cfg = base_config(backends, weights={"new": 100})
+        cfg["upstreams"]["new"]["endpoints"] = [f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}"]
+        server = await start_veer(cfg)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(5):
+                async with s.get(f"http://127.0.0.1:{server.port}/") as r:
+                    assert r.status == 200
+        assert len(connections) == 5
+        assert server.rt.balancers["new"].endpoints[0].connects == 5
+    finally:
+        bad.close()
+        await bad.wait_closed()
