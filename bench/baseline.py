@@ -99,7 +99,7 @@ def to_ms(text: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
     if not m:
         raise ValueError(f"unparsable wrk time {text!r}")
-    return float(m[1]) * UNITS_MS[m[2]]
+    return round(float(m[1]) * UNITS_MS[m[2]], 6)
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -142,6 +142,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per target")
     args = ap.parse_args()
+    if min(args.duration, args.connections, args.reps) < 1:
+        ap.error("--duration, --connections and --reps must be at least 1")
     tools = {t: shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin")
              for t in ("wrk", "nginx", "taskset")}
     missing = [t for t, path in tools.items() if path is None]

@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from proxy import h1
+from proxy.heads import request_head, response_head
 from proxy.routing import ORIGINAL, Decision, Variant
 from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, connect, take_idle
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 SMALL_BODY = 64 * 1024
 _VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original", "new")}
-_DROP_REQUEST = h1.HOP_BY_HOP | h1.FRAMING | h1.FORWARDED | {b"expect"}
-_DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
 
 
 # Error kinds counted when the exchange ends; "client" (the client's fault) is not an
@@ -111,7 +110,9 @@ class Exchange:
                 await self._done
                 return
             try:
-                await self._send(conn, self._request_head(conn))
+                head = request_head(self.req, self.client.peer_ip.encode(),
+                                    str(conn.endpoint.address).encode())
+                await self._send(conn, head)
                 await self._done
                 return
             except _Stale:
@@ -192,86 +193,27 @@ class Exchange:
             self.phase = _WAITING
             self.sent_at = self.rt.loop.time()
 
-    def _request_head(self, conn: UpstreamConnection) -> bytes:
-        req = self.req
-        drop = _DROP_REQUEST
-        if req.connection_tokens:
-            drop = drop | set(req.connection_tokens)
-        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-        for name, value in req.headers:
-            if name.lower() not in drop:
-                parts += (name, b": ", value, b"\r\n")
-        peer = self.client.peer_ip.encode()
-        xff = peer if req.xff is None else req.xff + b", " + peer
-        parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")
-        if req.host is not None:
-            parts += (b"x-forwarded-host: ", req.host, b"\r\n")
-        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream needs one
-            parts += (b"host: ", str(conn.endpoint.address).encode(), b"\r\n")
-        if req.upgrade is not None:
-            parts += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
-        if req.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        elif req.content_length is not None:
-            parts.append(b"content-length: %d\r\n" % req.content_length)
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
     # -- ResponseSink ---------------------------------------------------------
     def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None:
         req = self.req
+        if status == 101 and req.upgrade is None:
+            return  # refused in on_upgraded
         self.phase = _RECEIVING
         self.status = status
         self.response_started = True
         self.upstream_keep_alive = keep_alive
-        drop = _DROP_RESPONSE
-        out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
-        length: bytes | None = None
-        conn_tokens: list[bytes] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = value
-            elif lname == b"connection":
-                conn_tokens.append(value)
-        if conn_tokens:
-            drop = drop | h1.connection_tokens(conn_tokens)
-        for name, value in headers:
-            if name.lower() not in drop:
-                out += (name, b": ", value, b"\r\n")
-        if status == 101:
-            if req.upgrade is None:
-                self.response_started = False
-                self.status = 0
-                return  # refused in on_upgraded
-            out += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
-        elif req.method == b"HEAD" or status in h1.NO_BODY_STATUSES:
-            if length is not None and req.method == b"HEAD":
-                out += (b"content-length: ", length, b"\r\n")
-        elif length is not None:
-            out += (b"content-length: ", length, b"\r\n")
-        elif req.version == "1.1":
-            self.chunked = True
-            out.append(b"transfer-encoding: chunked\r\n")
-        else:
-            self.close_client = True  # HTTP/1.0 client: the body ends when we close
-        if length is None and status not in h1.NO_BODY_STATUSES and req.method != b"HEAD":
-            chunked_upstream = any(n.lower() == b"transfer-encoding" for n, _ in headers)
-            self.resp_close_delimited = not chunked_upstream
-        out.append(_VARIANT_HEADER[self.variant])
+        extra = _VARIANT_HEADER[self.variant]
         decision = self.decision
         if decision is not None and decision.set_cookie is not None:
             cfg = self.rt.config.routing
-            out.append(b"set-cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
-                cfg.cookie_name.encode(), decision.set_cookie.encode(), cfg.cookie_max_age))
-        if not req.keep_alive or self.rt.draining:
-            self.close_client = True
-        if self.close_client and status != 101:
-            out.append(b"connection: close\r\n")
-        elif req.version == "1.0" and status != 101:
-            out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        self._out.append(b"".join(out))
+            extra += b"set-cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
+                cfg.cookie_name.encode(), decision.set_cookie.encode(), cfg.cookie_max_age)
+        close = self.close_client or not req.keep_alive or self.rt.draining
+        resp = response_head(status, headers, req, extra, close)
+        self.chunked = resp.chunked
+        self.resp_close_delimited = resp.upstream_close_delimited
+        self.close_client = resp.close_client
+        self._out.append(resp.head)
 
     def on_body(self, data: bytes) -> None:
         self.rt.recorder.variants[self.variant].bytes_out += len(data)

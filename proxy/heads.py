@@ -1,0 +1,101 @@
+"""Rebuilding message heads for the other side: pure functions, no I/O.
+
+The request head sent upstream keeps the client's end-to-end headers, drops
+hop-by-hop ones (and any the Connection header names), sets X-Forwarded-*,
+and carries veer's own framing. The response head sent to the client has
+veer's status line and framing, never the backend's reason phrase or
+Transfer-Encoding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from proxy import h1
+from proxy.request import Headers, Request
+
+_DROP_REQUEST = h1.HOP_BY_HOP | h1.FRAMING | h1.FORWARDED | {b"expect"}
+_DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
+
+
+def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
+    """The head to send upstream for ``req`` from the client at ``peer_ip``.
+
+    ``fallback_host`` is used when an HTTP/1.0 client sent no Host (HTTP/1.1 needs one).
+    """
+    drop = _DROP_REQUEST
+    if req.connection_tokens:
+        drop = drop | set(req.connection_tokens)
+    parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+    for name, value in req.headers:
+        if name.lower() not in drop:
+            parts += (name, b": ", value, b"\r\n")
+    xff = peer_ip if req.xff is None else req.xff + b", " + peer_ip
+    parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")
+    if req.host is not None:
+        parts += (b"x-forwarded-host: ", req.host, b"\r\n")
+    else:
+        parts += (b"host: ", fallback_host, b"\r\n")
+    if req.upgrade is not None:
+        parts += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
+    if req.chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif req.content_length is not None:
+        parts.append(b"content-length: %d\r\n" % req.content_length)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class ResponseHead(NamedTuple):
+    """The client-side head and how the body that follows must be framed."""
+
+    head: bytes
+    chunked: bool  # veer chunk-encodes the body for the client
+    upstream_close_delimited: bool  # the upstream body ends when it closes
+    close_client: bool  # the client connection closes after this response
+
+
+def response_head(status: int, headers: Headers, req: Request, extra: bytes,
+                  close_client: bool) -> ResponseHead:
+    """The head for the client, given the upstream's status and headers.
+
+    ``extra`` is appended as is (veer's own headers); ``close_client`` asks for
+    ``connection: close``.
+    """
+    length: bytes | None = None
+    conn_tokens: list[bytes] = []
+    upstream_chunked = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            length = value
+        elif lname == b"connection":
+            conn_tokens.append(value)
+        elif lname == b"transfer-encoding":
+            upstream_chunked = True
+    drop = _DROP_RESPONSE | h1.connection_tokens(conn_tokens) if conn_tokens else _DROP_RESPONSE
+    out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
+    for name, value in headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    head_request = req.method == b"HEAD"
+    has_body = not head_request and status not in h1.NO_BODY_STATUSES
+    chunked = False
+    if status == 101:
+        out += (b"connection: upgrade\r\nupgrade: ", req.upgrade or b"", b"\r\n")
+    elif length is not None and (has_body or head_request):
+        out += (b"content-length: ", length, b"\r\n")
+    elif has_body and req.version == "1.1":
+        chunked = True
+        out.append(b"transfer-encoding: chunked\r\n")
+    elif has_body:
+        close_client = True  # HTTP/1.0 client: the body ends when veer closes
+    out.append(extra)
+    if status != 101:
+        if close_client:
+            out.append(b"connection: close\r\n")
+        elif req.version == "1.0":
+            out.append(b"connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    close_delimited = has_body and length is None and not upstream_chunked
+    return ResponseHead(b"".join(out), chunked, close_delimited, close_client)
