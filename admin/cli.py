@@ -30,7 +30,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM (drains) or SIGINT."""
-    from proxy.server import run
+    from admin.main import run
 
     return run(_load(args.config))
 

@@ -21,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,6 +48,7 @@ upstreams:
 routing: {{user_key: ["header:X-User-Id"]}}
 weights: {{new: 10}}
 timeouts: {{drain: 2s}}
+recording: {{enabled: {recording}}}
 """
 # 1000 pre-formatted requests with random user ids, built once; request() only cycles.
 WRK_LUA = """local reqs, n, i = {}, 1000, 0
@@ -164,11 +167,16 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="veer-bench-"))
     nginx: subprocess.Popen[bytes] | None = None
     proxy: subprocess.Popen[bytes] | None = None
+    norec: subprocess.Popen[bytes] | None = None
     try:
-        ports = {"original": free_port(), "new": free_port(), "veer": free_port()}
+        ports = {"original": free_port(), "new": free_port(), "veer": free_port(),
+                 "veer-norec": free_port()}
+        admin_port = free_port()
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, body=BODY, **ports))
-        (tmp / "veer.yaml").write_text(VEER_CONF.format(port=ports["veer"], admin=free_port(),
-                                                        **ports))
+        (tmp / "veer.yaml").write_text(VEER_CONF.format(
+            port=ports["veer"], admin=admin_port, recording="true", **ports))
+        (tmp / "veer-norec.yaml").write_text(VEER_CONF.format(
+            port=ports["veer-norec"], admin=free_port(), recording="false", **ports))
         (tmp / "req.lua").write_text(WRK_LUA)
         nginx_log, veer_log = tmp / "nginx.out", tmp / "veer.log"
         with nginx_log.open("wb") as out:
@@ -182,16 +190,36 @@ def main() -> int:
                                       str(tmp / "veer.yaml")], stdout=out,
                                      stderr=subprocess.STDOUT)
         wait_listening(ports["veer"], proxy, "veer", veer_log)
+        with (tmp / "veer-norec.log").open("wb") as out:
+            norec = subprocess.Popen([*pin_veer, veer_bin, "run", "--config",
+                                      str(tmp / "veer-norec.yaml")], stdout=out,
+                                     stderr=subprocess.STDOUT)
+        wait_listening(ports["veer-norec"], norec, "veer (recording off)",
+                       tmp / "veer-norec.log")
+        metrics_url = f"http://127.0.0.1:{admin_port}/metrics"
+        scrapes: list[float] = []
 
         wrk_args = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
                     "-s", str(tmp / "req.lua")]
-        targets = {"direct": ports["original"], "veer": ports["veer"]}
+        targets = {"direct": ports["original"], "veer": ports["veer"],
+                   "veer-norec": ports["veer-norec"]}
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for rep in range(args.reps):
             for name, port in targets.items():
                 cmd = [*pin_load, *wrk_args, f"http://127.0.0.1:{port}/"]
-                res = subprocess.run(cmd, capture_output=True, text=True,
-                                     timeout=args.duration + 60, check=False)
+                scraping = threading.Event()
+                scraper = None
+                if name == "veer":  # time /metrics while both variants are busy
+                    scraper = threading.Thread(target=scrape_loop,
+                                               args=(metrics_url, scraping, scrapes))
+                    scraper.start()
+                try:
+                    res = subprocess.run(cmd, capture_output=True, text=True,
+                                         timeout=args.duration + 60, check=False)
+                finally:
+                    scraping.set()
+                    if scraper is not None:
+                        scraper.join()
                 if res.returncode != 0:
                     die(f"wrk failed ({res.returncode}): {res.stderr or res.stdout}")
                 run = parse_wrk(res.stdout)
@@ -210,18 +238,35 @@ def main() -> int:
             "veer_command": shlex.join([*pin_veer, veer_bin, "run", "--config",
                                         str(tmp / "veer.yaml")]),
         }
+        idle = [timed_get(metrics_url) for _ in range(20)]
         report(args, runs, summary, {k: v.replace(str(tmp), "$TMP")
-                                     for k, v in commands.items()}, warnings)
+                                     for k, v in commands.items()}, warnings,
+               {"under_load_ms": scrapes, "idle_ms": idle})
         return 0
     finally:
+        stop(norec)
         stop(proxy)
         stop(nginx)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def timed_get(url: str) -> float:
+    """Milliseconds to fetch ``url`` whole."""
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as r:
+        r.read()
+    return (time.perf_counter() - t0) * 1000
+
+
+def scrape_loop(url: str, stop_event: threading.Event, out: list[float]) -> None:
+    """Scrape every 0.5 s, as a busy Prometheus would, until told to stop."""
+    while not stop_event.wait(0.5):
+        out.append(timed_get(url))
+
+
 def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
            summary: dict[str, dict[str, float]], commands: dict[str, str],
-           warnings: list[str]) -> None:
+           warnings: list[str], scrapes: dict[str, list[float]]) -> None:
     now = dt.datetime.now().astimezone()
     direct = summary["direct"]["rps"]
     info: dict[str, Any] = {
@@ -231,13 +276,24 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
         "duration_s": args.duration, "connections": args.connections, "reps": args.reps,
         "veer_log_warnings": warnings[:20],
     }
-    lines = ["| target | req/s (median) | p50 ms | p99 ms | veer/direct req/s | errors |",
+    lines = ["| target | req/s (median) | p50 ms | p99 ms | ratio to direct | errors |",
              "|---|---:|---:|---:|---:|---|"]
     for name, s in summary.items():
         problems = sorted({p for r in runs[name] for p in r["problems"]}) or ["none"]
         ratio = f"{s['rps'] / direct:.3f}" if direct else "n/a"
         lines.append(f"| {name} | {s['rps']:.1f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} "
                      f"| {ratio} | {'; '.join(problems)} |")
+    rec, norec = summary["veer"]["rps"], summary["veer-norec"]["rps"]
+    cost_us = (1e6 / rec - 1e6 / norec) if rec and norec else float("nan")
+    lines.append("")
+    lines.append(f"Recording cost: {100 * (1 - rec / norec):.1f}% of throughput, "
+                 f"{cost_us:.2f} us of CPU per request (1/rps with minus without).")
+    for key, values in scrapes.items():
+        if values:
+            lines.append(f"/metrics fetch {key.replace('_ms', '').replace('_', ' ')}: median "
+                         f"{statistics.median(values):.2f} ms, max {max(values):.2f} ms "
+                         f"({len(values)} scrapes)")
+    info["metrics_scrape_ms"] = scrapes
     print("\n".join(lines) + "\n")
     for key in ("date", "cpu", "python", "platform", "command", "wrk_command", "veer_command"):
         print(f"- {key}: `{info[key]}`")

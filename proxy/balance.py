@@ -97,3 +97,9 @@ class Balancer:
     def healthy_count(self, now: float) -> int:
         """How many endpoints are eligible now."""
         return sum(1 for e in self.endpoints if e.healthy(now))
+
+    def usable_count(self, now: float) -> int:
+        """Endpoints neither ejected nor on a failure streak long enough to eject them
+        (the last endpoint is never ejected, but it can still be down)."""
+        limit = self.health.consecutive_failures
+        return sum(1 for e in self.endpoints if e.healthy(now) and e.failures < limit)

@@ -128,6 +128,14 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Recording:
+    """Latency recording: HDR histograms in a ring of 1-second slots."""
+
+    enabled: bool = True
+    window: int = 60  # seconds of 1 s slots kept: the longest window a query can ask for
+
+
+@dataclass(frozen=True, slots=True)
 class Admin:
     """The admin listener."""
 
@@ -150,6 +158,7 @@ class Config:
     limits: Limits = Limits()
     health: Health = Health()
     connect_retries: int = 1
+    recording: Recording = Recording()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data (for ``veer check``)."""
@@ -428,13 +437,17 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         "max_ejected_percent": (_int_range(0, 100), "an integer 0..100"),
     })
     retries = r.get("connect_retries", 1, _int_range(0, 10), "an integer 0..10")
+    recording = _read_dataclass(r.section("recording"), Recording(), {
+        "enabled": (_bool, "true or false"),
+        "window": (_int_range(10, 3600), "whole seconds 10..3600"),
+    })
     # Sections later issues own are validated there; accept them here.
-    r.done(allowed_extra=("rollout", "state", "recording"))
+    r.done(allowed_extra=("rollout", "state"))
     if limits.max_header_bytes < 1024:
         raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
                           "at least 1024 bytes")
     return Config(source, listen, admin, original, new, routing, new_bp, timeouts, limits,
-                  health, retries)
+                  health, retries, recording)
 
 
 def load(path: str | Path) -> Config:

@@ -54,7 +54,8 @@ class Exchange:
     """Forwards one request and its response; also the upstream's ``ResponseSink``."""
 
     __slots__ = ("_done", "_out", "_whole_body", "chunked", "client", "close_client", "conn",
-                 "decision", "phase", "req", "resp_close_delimited", "response_started", "rt",
+                 "decision", "failed", "phase", "req", "resp_close_delimited",
+                 "response_started", "rt",
                  "sent_at", "status", "upstream_keep_alive", "variant")
 
     def __init__(self, rt: Runtime, client: ClientConnection, req: Request) -> None:
@@ -70,6 +71,7 @@ class Exchange:
         self.close_client = False
         self.resp_close_delimited = False
         self.upstream_keep_alive = True
+        self.failed = False  # the upstream failed after the response began
         self._whole_body: bytes | None = None  # a small body kept for a replay
         self.status = 0
         self.sent_at = 0.0
@@ -270,6 +272,7 @@ class Exchange:
             self._done.set_exception(_Stale())
             return
         if self.response_started:
+            self.failed = True
             self.rt.recorder.variants[self.variant].errors[kind] += 1
             self.client.abort()
             self.close_client = True
@@ -314,6 +317,7 @@ class Exchange:
             self._done.set_exception(err)
             return
         if err is not None and err.kind in _COUNTED:
+            self.failed = True
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.flush()
         self.client.abort()
@@ -346,9 +350,13 @@ class Exchange:
         return body is not None and body.consumed
 
     def _record(self) -> None:
+        """Latency is arrival at veer to the end of the response (or of the failure)."""
+        if not self.rt.recording:
+            return
+        now = self.rt.loop.time()
         c = self.rt.recorder.variants[self.variant]
-        c.requests += 1
-        c.status_classes[self.status // 100 if 100 <= self.status < 600 else 0] += 1
+        status = self.status if 100 <= self.status < 600 else 0
+        c.record(status, int((now - self.req.arrival) * 1_000_000), self.failed, now)
         body = self.req.body
         if body is not None:
             c.bytes_in += body.received

@@ -1,32 +1,170 @@
-"""Per-variant counters, incremented on the hot path and read when asked.
+"""Per-variant counters and HDR latency histograms in a ring of 1-second slots.
 
-The hot path only adds to ints held in plain attributes; nothing here
-allocates per request. Readers (the demo, tests, later /metrics) copy what
-they need with ``snapshot()``.
+The hot path (``VariantRecorder.record``) adds to ints and records one value
+into the current slot's histogram; nothing else. Closed slots are folded
+into a cumulative histogram (for Prometheus) and a since-mark histogram (for
+"since the phase began") once per second, with hdrhistogram's C ``add``.
+Windows are merged only when someone asks (``window``, ``since``), so the
+numbers are exact to HDR precision (3 significant digits), not sampled.
+
+Time is passed in (loop time, seconds), so tests drive it with a fake clock.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from hdrh.histogram import HdrHistogram
+
+from proxy import latency
+from proxy.latency import WindowStats
 from proxy.routing import VARIANTS, Variant
 
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "no_healthy", "overload")
+RING_SECONDS = 60  # the longest window a query may ask for (each slot: up to 139 KiB)
 
 
-class VariantCounters:
-    """Counters for one variant."""
+class Slot:
+    """One second of one variant: counts and a latency histogram."""
 
-    __slots__ = ("bytes_in", "bytes_out", "errors", "in_flight", "requests", "status_classes")
+    __slots__ = ("errors", "hist", "requests", "second", "sum_us")
 
     def __init__(self) -> None:
+        self.second = -1
+        self.requests = 0
+        self.sum_us = 0
+        self.errors = 0  # 5xx answers and upstream failures after the response began
+        self.hist: HdrHistogram | None = None
+
+    def reset(self, second: int) -> None:
+        self.second = second
+        self.requests = 0
+        self.sum_us = 0
+        self.errors = 0
+        if self.hist is not None and self.hist.get_total_count():
+            self.hist.reset()
+
+
+class VariantRecorder:
+    """Everything recorded for one variant."""
+
+    __slots__ = (
+        "_mark_errors",
+        "_mark_requests",
+        "_mark_second",
+        "_ring",
+        "bytes_in",
+        "bytes_out",
+        "codes",
+        "cumulative",
+        "current",
+        "errors",
+        "in_flight",
+        "latency_sum_us",
+        "requests",
+        "since_mark",
+    )
+
+    def __init__(self, ring_seconds: int = RING_SECONDS) -> None:
+        self._ring = [Slot() for _ in range(ring_seconds + 1)]
+        self.current = self._ring[0]
+        self.cumulative = latency.new_histogram()  # closed slots since start
+        self.since_mark = latency.new_histogram()  # closed slots since mark()
+        self._mark_second = 0
+        self._mark_requests = 0  # closed slots since the mark
+        self._mark_errors = 0
         self.requests = 0
         self.in_flight = 0
-        # index = status // 100 (1xx..5xx); 0 counts requests that got no response
-        self.status_classes = [0, 0, 0, 0, 0, 0]
+        self.codes = [0] * 600  # responses by status code; 0 = no response
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.latency_sum_us = 0
+
+    # -- hot path -------------------------------------------------------------
+    def record(self, status: int, latency_us: int, failed: bool, now: float) -> None:
+        """One finished request: its status (0 = none), latency and whether it failed."""
+        slot = self.current
+        if slot.second != int(now):
+            slot = self._rotate(int(now))
+        self.requests += 1
+        self.codes[status] += 1
+        slot.requests += 1
+        if failed or status >= 500:
+            slot.errors += 1
+        self.latency_sum_us += latency_us
+        slot.sum_us += latency_us
+        hist = slot.hist
+        if hist is None:
+            hist = slot.hist = latency.new_histogram()
+        latency.record(hist, latency_us)
+
+    # -- slots ----------------------------------------------------------------
+    def _rotate(self, second: int) -> Slot:
+        old = self.current
+        if old.second >= 0 and old.hist is not None and old.hist.get_total_count():
+            self.cumulative.add(old.hist)
+            if old.second >= self._mark_second:
+                self.since_mark.add(old.hist)
+        if old.second >= self._mark_second:
+            self._mark_requests += old.requests
+            self._mark_errors += old.errors
+        slot = self._ring[second % len(self._ring)]
+        slot.reset(second)
+        self.current = slot
+        return slot
+
+    def mark(self, now: float) -> None:
+        """Start a new "since" period (e.g. a rollout phase began) at the first whole
+        second at or after ``now``: slots are whole seconds, and a part-second before the
+        mark must not count in it (nor be dropped from anything else)."""
+        self._mark_second = math.ceil(now)
+        self._mark_requests = self._mark_errors = 0
+        self.since_mark.reset()
+
+    def _slots_since(self, first_second: int, now: float) -> list[Slot]:
+        latest = int(now)
+        return [s for s in self._ring if first_second <= s.second <= latest and s.requests]
+
+    def window(self, seconds: float, now: float) -> WindowStats:
+        """The last ``seconds`` seconds (whole slots, the current one included)."""
+        if seconds > len(self._ring) - 1:
+            raise ValueError(f"window of {seconds}s exceeds the ring of {len(self._ring) - 1}s")
+        return _stats(self._slots_since(int(now) - int(seconds) + 1, now))
+
+    def since_marked(self, now: float) -> WindowStats:
+        """Everything since ``mark()``: the folded closed slots plus the current one."""
+        merged = latency.new_histogram()
+        merged.add(self.since_mark)
+        requests, errors = self._mark_requests, self._mark_errors
+        cur = self.current
+        if self._mark_second <= cur.second <= int(now):
+            requests += cur.requests
+            errors += cur.errors
+            if cur.hist is not None:
+                merged.add(cur.hist)
+        return latency.summarise(merged, requests, errors)
+
+    def cumulative_histogram(self) -> HdrHistogram:
+        """All latencies since start (closed slots plus the current one)."""
+        merged = latency.new_histogram()
+        merged.add(self.cumulative)
+        if self.current.hist is not None:
+            merged.add(self.current.hist)
+        return merged
+
+
+def _stats(slots: list[Slot]) -> WindowStats:
+    merged = latency.new_histogram()
+    requests = errors = sum_us = 0
+    for s in slots:
+        requests += s.requests
+        errors += s.errors
+        sum_us += s.sum_us
+        if s.hist is not None:
+            merged.add(s.hist)
+    return latency.summarise(merged, requests, errors, sum_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,24 +173,34 @@ class CountersSnapshot:
 
     requests: int
     in_flight: int
-    status_classes: tuple[int, ...]
+    codes: tuple[int, ...]
     errors: dict[str, int] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
 
     @property
-    def responses_5xx(self) -> int:
-        return self.status_classes[5]
+    def status_classes(self) -> tuple[int, ...]:
+        """Responses by class: index 1..5 for 1xx..5xx, 0 for no response."""
+        classes = [self.codes[0], 0, 0, 0, 0, 0]
+        for code in range(100, 600):
+            classes[code // 100] += self.codes[code]
+        return tuple(classes)
 
 
 class Recorder:
-    """All variants' counters."""
+    """All variants' recorders."""
 
-    def __init__(self) -> None:
-        self.variants: dict[Variant, VariantCounters] = {v: VariantCounters() for v in VARIANTS}
+    def __init__(self, ring_seconds: int = RING_SECONDS) -> None:
+        self.variants: dict[Variant, VariantRecorder] = {
+            v: VariantRecorder(ring_seconds) for v in VARIANTS}
+
+    def mark(self, now: float) -> None:
+        """Start a new "since" period for every variant."""
+        for v in self.variants.values():
+            v.mark(now)
 
     def snapshot(self, variant: Variant) -> CountersSnapshot:
-        """A consistent copy (single-threaded loop: nothing changes while we copy)."""
+        """A consistent copy (one event loop: nothing changes while we copy)."""
         c = self.variants[variant]
-        return CountersSnapshot(c.requests, c.in_flight, tuple(c.status_classes),
-                                dict(c.errors), c.bytes_in, c.bytes_out)
+        return CountersSnapshot(c.requests, c.in_flight, tuple(c.codes), dict(c.errors),
+                                c.bytes_in, c.bytes_out)

@@ -29,7 +29,8 @@ class Runtime:
         self.config = config
         self.loop = loop
         self.router = Router(config.routing)
-        self.recorder = Recorder()
+        self.recorder = Recorder(config.recording.window)
+        self.recording = config.recording.enabled
         self.balancers: dict[Variant, Balancer] = {
             ORIGINAL: Balancer([Endpoint(a) for a in config.original.endpoints],
                                config.original.balance, config.health),

@@ -1,4 +1,4 @@
-"""Lifecycle: build the runtime, listen, drain, stop; and the process entry point.
+"""Lifecycle of the data plane: build the runtime, listen, drain, stop.
 
 Start in order (sweeper, listener), stop in reverse. Drain stops accepting,
 lets in-flight exchanges finish within the drain timeout, closes idle
@@ -8,17 +8,11 @@ keep-alive connections as they go quiet, then cuts whatever is left.
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
-import sys
 
-import uvloop
-
+from proxy import latency
 from proxy.config import Config
 from proxy.inbound import ClientConnection
 from proxy.runtime import Runtime
-
-log = logging.getLogger("veer")
 
 
 class ProxyServer:
@@ -42,6 +36,7 @@ class ProxyServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         rt = self.rt
+        latency.warm_up()  # the first scrape should not pay for the index tables
         rt.sweeper.start()
         try:
             self._server = await rt.loop.create_server(
@@ -79,31 +74,3 @@ class ProxyServer:
         finally:
             await rt.sweeper.stop()
             self._server = None
-
-
-async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code."""
-    server = ProxyServer(config)
-    await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("veer listening on %s (new weight %.2f%%)", config.listen,
-             config.new_weight_bp / 100)
-    try:
-        await stop.wait()
-        log.info("draining (up to %.0fs)", config.timeouts.drain)
-        clean = await server.drain()
-        if not clean:
-            log.warning("drain timeout: %d connections cut", len(server.rt.connections))
-    finally:
-        await server.stop()
-    return 0
-
-
-def run(config: Config) -> int:
-    """Process entry point for ``veer run``: uvloop, logging to stderr."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(serve(config))

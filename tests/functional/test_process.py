@@ -33,6 +33,7 @@ def free_port() -> int:
 def write_config(tmp_path: Path, backends: dict[str, Backend], **extra: object) -> Path:
     cfg = {
         "listen": f"127.0.0.1:{free_port()}",
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
         "upstreams": {"original": {"endpoints": [backends["original-a"].url]},
                       "new": {"endpoints": [backends["new"].url]}},
         "routing": {"salt": "proc", "user_key": ["header:X-User-Id"]},

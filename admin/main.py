@@ -1,0 +1,60 @@
+"""``veer run``: the data plane and the admin listener in one process, until a signal.
+
+Start in order (data plane, admin), stop in reverse. SIGTERM or SIGINT drains
+the data plane (readiness turns 503 at once), then stops both and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+
+from admin.api import AdminServer
+from proxy.config import Config
+from proxy.server import ProxyServer
+
+log = logging.getLogger("veer")
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code."""
+    proxy = ProxyServer(config)
+    await proxy.start()
+    admin = AdminServer(proxy.rt)
+    try:
+        await admin.start()
+    except BaseException:
+        await proxy.stop()
+        raise
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("veer listening on %s, admin on %s (new weight %.2f%%)", config.listen,
+             config.admin.listen, config.new_weight_bp / 100)
+    try:
+        await stop.wait()
+        log.info("draining (up to %.0fs)", config.timeouts.drain)
+        if not await proxy.drain():
+            log.warning("drain timeout: %d connections cut", len(proxy.rt.connections))
+    finally:
+        try:
+            await admin.stop()
+        finally:
+            await proxy.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    """Process entry point: uvloop, logs to stderr."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return uvloop.run(serve(config))
+    except OSError as exc:  # e.g. the port is taken: loud and non-zero
+        log.error("cannot start: %s", exc)
+        return 1

@@ -1,0 +1,128 @@
+"""Prometheus exposition, rendered at scrape time from the recorder.
+
+A custom collector on veer's own ``CollectorRegistry`` reads the runtime's
+counters and HDR histograms when scraped, so the data plane never calls
+prometheus_client. Histogram buckets are cumulative counts read off the HDR
+data (within its 0.1% precision); ``_sum`` is the exact sum of latencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from proxy import latency
+from proxy.routing import NEW, ORIGINAL, VARIANTS
+from proxy.runtime import Runtime
+
+# Seconds; Prometheus' defaults stretched down to sub-millisecond, where a proxy lives.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0, 60.0)
+WINDOWS = (("10s", 10), ("60s", 60))
+QUANTILES = ((0.5, 50.0), (0.9, 90.0), (0.99, 99.0), (0.999, 99.9))
+
+
+class VeerCollector(Collector):
+    """Everything veer exports, computed when Prometheus asks."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.rt
+        rec = rt.recorder.variants
+        now = rt.loop.time()
+
+        requests = CounterMetricFamily(
+            "veer_requests", "Requests answered, by variant and status code (0 = no response).",
+            labels=["variant", "code"])
+        errors = CounterMetricFamily(
+            "veer_upstream_errors", "Upstream failures and veer-made errors, by kind.",
+            labels=["variant", "kind"])
+        bytes_in = CounterMetricFamily("veer_request_body_bytes",
+                                       "Request body bytes received from clients.",
+                                       labels=["variant"])
+        bytes_out = CounterMetricFamily("veer_response_body_bytes",
+                                        "Response body bytes received from upstreams.",
+                                        labels=["variant"])
+        in_flight = GaugeMetricFamily("veer_in_flight_requests", "Requests being served now.",
+                                      labels=["variant"])
+        duration = HistogramMetricFamily(
+            "veer_request_duration_seconds",
+            "Time from arrival at veer to the end of the response (HDR-derived buckets).",
+            labels=["variant"])
+        # A summary: per window, exact quantiles from HDR plus the window's count and sum.
+        quantiles = Metric("veer_latency_seconds",
+                           "Latency quantiles over a recent window, exact to HDR's 0.1%.",
+                           "summary")
+        for v in VARIANTS:
+            r = rec[v]
+            for code, n in enumerate(r.codes):
+                if n:
+                    requests.add_metric([v, str(code)], n)
+            for kind, n in r.errors.items():
+                errors.add_metric([v, kind], n)
+            bytes_in.add_metric([v], r.bytes_in)
+            bytes_out.add_metric([v], r.bytes_out)
+            in_flight.add_metric([v], r.in_flight)
+            hist = r.cumulative_histogram()
+            counts = latency.count_at_or_below_us(hist, [int(b * 1e6) for b in BUCKETS])
+            total = hist.get_total_count()
+            buckets = [(f"{b:g}", c) for b, c in zip(BUCKETS, counts, strict=True)]
+            buckets.append(("+Inf", total))
+            duration.add_metric([v], buckets, r.latency_sum_us / 1e6)
+            for window, seconds in WINDOWS:
+                stats = r.window(seconds, now)
+                values = latency.quantiles_us(stats.histogram, tuple(p for _, p in QUANTILES))
+                labels = {"variant": v, "window": window}
+                for (q, _), value in zip(QUANTILES, values, strict=True):
+                    quantiles.add_sample("veer_latency_seconds", {**labels, "quantile": f"{q:g}"},
+                                         value / 1e6)
+                quantiles.add_sample("veer_latency_seconds_count", labels, stats.requests)
+                quantiles.add_sample("veer_latency_seconds_sum", labels, stats.sum or 0.0)
+        yield from (requests, errors, bytes_in, bytes_out, in_flight, duration, quantiles)
+
+        weight = GaugeMetricFamily("veer_weight_ratio", "Share of users routed to each variant.",
+                                   labels=["variant"])
+        weight.add_metric([NEW], rt.new_weight_bp / 10000)
+        weight.add_metric([ORIGINAL], 1 - rt.new_weight_bp / 10000)
+        yield weight
+
+        healthy = GaugeMetricFamily("veer_endpoint_healthy",
+                                    "1 if the endpoint is not ejected by passive health.",
+                                    labels=["variant", "endpoint"])
+        opened = CounterMetricFamily("veer_upstream_connections_opened",
+                                     "New upstream connections (keep-alive reuse shows here).",
+                                     labels=["variant", "endpoint"])
+        for v, ep in rt.endpoints():
+            healthy.add_metric([v, ep.label], 1.0 if ep.healthy(now) else 0.0)
+            opened.add_metric([v, ep.label], ep.connects)
+        yield healthy
+        yield opened
+
+        cfg = rt.config
+        info = InfoMetricFamily("veer_config", "The loaded config.")
+        info.add_metric([], {"source": cfg.source, "salt": cfg.routing.salt,
+                             "listen": str(cfg.listen)})
+        yield info
+
+
+def build_registry(rt: Runtime) -> CollectorRegistry:
+    """veer's own registry (never the global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(VeerCollector(rt))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format."""
+    return generate_latest(registry)
