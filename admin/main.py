@@ -16,6 +16,7 @@ import uvloop
 from admin.api import AdminServer
 from proxy.config import Config
 from proxy.server import ProxyServer
+from proxy.state import StateError
 
 log = logging.getLogger("veer")
 
@@ -55,6 +56,6 @@ def run(config: Config) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return uvloop.run(serve(config))
-    except OSError as exc:  # e.g. the port is taken: loud and non-zero
+    except (OSError, StateError) as exc:  # port taken, state refused: loud and non-zero
         log.error("cannot start: %s", exc)
         return 1

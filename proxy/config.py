@@ -9,30 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from proxy.units import parse_duration, parse_percent_bp, parse_size
-
-T = TypeVar("T")
+from proxy.confread import (
+    DUR,
+    SIZE,
+    Reader,
+    choice,
+    flag,
+    int_range,
+    list_of,
+    names,
+    positive,
+    read_flat,
+    reject,
+    text,
+)
+from proxy.confread import (
+    ConfigError as ConfigError,  # re-exported: callers catch it from here
+)
+from proxy.plan import Rollout, StateConfig, describe, read_rollout, read_state
+from proxy.units import parse_duration, parse_percent_bp
 
 KEY_SOURCES = ("header", "cookie", "query")
 BALANCE_POLICIES = ("round_robin", "least_outstanding")
 ANONYMOUS_MODES = ("cookie", "ip")
-
-
-class ConfigError(Exception):
-    """A config problem, located by file and key path."""
-
-    def __init__(self, file: str, path: str, value: object, expected: str) -> None:
-        self.file, self.path, self.value, self.expected = file, path, value, expected
-        where = f"{file}: {path}" if path else file
-        super().__init__(f"{where}: got {value!r}, expected {expected}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +165,14 @@ class Config:
     health: Health = Health()
     connect_retries: int = 1
     recording: Recording = Recording()
+    rollout: Rollout | None = None
+    state: StateConfig = StateConfig()  # noqa: RUF009 (frozen, so sharing it is safe)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data (for ``veer check``)."""
         plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        if self.rollout is not None:
+            plain["rollout"]["phases"] = describe(self.rollout)  # the expanded plan
         return plain
 
 
@@ -174,92 +184,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, frozenset):
         return sorted(value)
     return value
-
-
-class _Reader:
-    """Walks a YAML mapping, remembering the key path for error messages."""
-
-    def __init__(self, file: str, data: dict[str, Any], path: str = "") -> None:
-        self.file, self.data, self.path = file, data, path
-        self.used: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, value: object, expected: str) -> ConfigError:
-        return ConfigError(self.file, self._key(key), value, expected)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def section(self, key: str) -> _Reader:
-        self.used.add(key)
-        value = self.data.get(key, {})
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.fail(key, value, "a mapping")
-        return _Reader(self.file, value, self._key(key))
-
-    def get(self, key: str, default: T, convert: Callable[[Any], T], expected: str) -> T:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        try:
-            return convert(value)
-        except (ValueError, TypeError):
-            raise self.fail(key, value, expected) from None
-
-    def require(self, key: str, convert: Callable[[Any], T], expected: str) -> T:
-        if key not in self.data:
-            raise self.fail(key, None, expected + " (required)")
-        self.used.add(key)
-        try:
-            return convert(self.data[key])
-        except (ValueError, TypeError):
-            raise self.fail(key, self.data[key], expected) from None
-
-    def done(self, allowed_extra: tuple[str, ...] = ()) -> None:
-        """Reject keys nobody read: a typo must not silently fall back to a default."""
-        for key in self.data:
-            if key not in self.used and key not in allowed_extra:
-                known = ", ".join(sorted(self.used | set(allowed_extra)))
-                raise self.fail(str(key), self.data[key], f"no such key here (known: {known})")
-
-
-def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError
-        return value
-
-    return convert
-
-
-def _no() -> Any:
-    raise ValueError
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in options:
-            raise ValueError
-        return str(value)
-
-    return convert
 
 
 def parse_listen(value: Any) -> Address:
@@ -302,25 +226,10 @@ def _key_source(value: Any) -> KeySource:
     return KeySource(kind, name.strip())
 
 
-def _list_of(convert: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
-    def convert_list(value: Any) -> tuple[T, ...]:
-        if isinstance(value, str) or not isinstance(value, list):
-            raise ValueError
-        return tuple(convert(v) for v in value)
-
-    return convert_list
-
-
-def _names(value: Any) -> frozenset[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-        raise ValueError
-    return frozenset(str(v) for v in value)
-
-
-def _read_pool(r: _Reader, name: str, others: tuple[str, ...]) -> Pool:
+def _read_pool(r: Reader, name: str, others: tuple[str, ...]) -> Pool:
     p = r.section(name)
     form = "a non-empty list of endpoint URLs like http://127.0.0.1:9001"
-    raw = p.require("endpoints", lambda v: v if isinstance(v, list) and v else _no(), form)
+    raw = p.require("endpoints", lambda v: v if isinstance(v, list) and v else reject(), form)
     endpoints = []
     for i, url in enumerate(raw):  # name the one bad entry, not the whole list
         try:
@@ -328,65 +237,45 @@ def _read_pool(r: _Reader, name: str, others: tuple[str, ...]) -> Pool:
         except (ValueError, TypeError):
             raise p.fail(f"endpoints[{i}]", url, "an endpoint URL like http://127.0.0.1:9001 "
                          "(http, host, optional port 1..65535, no path)") from None
-    balance = p.get("balance", "round_robin", _choice(BALANCE_POLICIES),
+    balance = p.get("balance", "round_robin", choice(BALANCE_POLICIES),
                     " or ".join(BALANCE_POLICIES))
-    pick_other = _choice(others)
+    pick_other = choice(others)
     failover = p.get("failover", None, lambda v: None if v in (None, "none") else pick_other(v),
                      "none or " + " or ".join(others))
     p.done()
     return Pool(tuple(endpoints), balance, failover)
 
 
-def _read_cohort(r: _Reader) -> Cohort:
-    users = r.get("users", frozenset[str](), _names, "a list of user ids")
-    groups = r.get("groups", frozenset[str](), _names, "a list of group names")
+def _read_cohort(r: Reader) -> Cohort:
+    users = r.get("users", frozenset[str](), names, "a list of user ids")
+    groups = r.get("groups", frozenset[str](), names, "a list of group names")
     r.done()
     return Cohort(users, groups)
 
 
-def _read_routing(r: _Reader) -> Routing:
+def _read_routing(r: Reader) -> Routing:
     d = Routing()
-    sources = _list_of(_key_source)
+    sources = list_of(_key_source)
     src_form = "a list of sources like ['header:X-User-Id', 'cookie:uid', 'query:uid']"
     force = r.section("force")
     routing = Routing(
-        salt=r.get("salt", d.salt, _str, "a non-empty string"),
+        salt=r.get("salt", d.salt, text, "a non-empty string"),
         user_key=r.get("user_key", d.user_key, sources, src_form),
         group_key=r.get("group_key", d.group_key, sources, src_form),
-        anonymous=r.get("anonymous", d.anonymous, _choice(ANONYMOUS_MODES),
+        anonymous=r.get("anonymous", d.anonymous, choice(ANONYMOUS_MODES),
                         " or ".join(ANONYMOUS_MODES)),
-        cookie_name=r.get("cookie_name", d.cookie_name, _str, "a cookie name"),
+        cookie_name=r.get("cookie_name", d.cookie_name, text, "a cookie name"),
         cookie_max_age=int(r.get("cookie_max_age", float(d.cookie_max_age), parse_duration,
                                  "a duration")),
-        force_enabled=force.get("enabled", d.force_enabled, _bool, "true or false"),
-        force_header=force.get("header", d.force_header, _str, "a header name"),
-        force_cookie=force.get("cookie", d.force_cookie, _str, "a cookie name"),
+        force_enabled=force.get("enabled", d.force_enabled, flag, "true or false"),
+        force_header=force.get("header", d.force_header, text, "a header name"),
+        force_cookie=force.get("cookie", d.force_cookie, text, "a cookie name"),
         allow=_read_cohort(r.section("allow")),
         deny=_read_cohort(r.section("deny")),
     )
     force.done()
     r.done()
     return routing
-
-
-def _read_dataclass(
-    r: _Reader, default: T, kinds: dict[str, tuple[Callable[[Any], Any], str]]
-) -> T:
-    """Read a flat section whose every field has a converter and an expected form."""
-    values = {
-        name: r.get(name, getattr(default, name), convert, expected)
-        for name, (convert, expected) in kinds.items()
-    }
-    r.done()
-    return dataclasses.replace(default, **values)  # type: ignore[type-var]
-
-
-_DUR = (parse_duration, "a duration such as 250ms, 30s, 5m or 2h (0 disables)")
-_SIZE = (parse_size, "a size such as 65536, 64KiB, 10MiB or 1GiB")
-
-
-def _positive(hi: int) -> tuple[Callable[[Any], int], str]:
-    return _int_range(1, hi), f"an integer 1..{hi}"
 
 
 def _weight(value: Any) -> int:
@@ -397,13 +286,13 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     """Build a ``Config`` from parsed YAML, raising ``ConfigError`` on the first problem."""
     if not isinstance(data, dict):
         raise ConfigError(source, "", data, "a YAML mapping at the top level")
-    r = _Reader(source, data)
+    r = Reader(source, data)
     listen = r.get("listen", Address("127.0.0.1", 8080), parse_listen,
                    "host:port, e.g. 127.0.0.1:8080")
     a = r.section("admin")
     admin = Admin(
         listen=a.get("listen", Admin().listen, parse_listen, "host:port, e.g. 127.0.0.1:9901"),
-        token_file=a.get("token_file", None, _str, "a file path"),
+        token_file=a.get("token_file", None, text, "a file path"),
     )
     a.done()
     u = r.section("upstreams")
@@ -424,30 +313,31 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         if orig_bp + new_bp != 10000:
             raise w.fail("original", w.data["original"], f"100 - new = {(10000 - new_bp) / 100:g}")
     w.done()
-    timeouts = _read_dataclass(r.section("timeouts"), Timeouts(),
-                               {f.name: _DUR for f in dataclasses.fields(Timeouts)})
-    limits = _read_dataclass(r.section("limits"), Limits(), {
-        "max_header_bytes": _SIZE, "max_headers": _positive(10_000),
-        "max_body_bytes": _SIZE, "max_concurrent_upstream": _positive(1_000_000),
-        "max_idle_per_endpoint": (_int_range(0, 100_000), "an integer 0..100000"),
-        "max_pipelined": _positive(1024),
+    timeouts = read_flat(r.section("timeouts"), Timeouts(),
+                               {f.name: DUR for f in dataclasses.fields(Timeouts)})
+    limits = read_flat(r.section("limits"), Limits(), {
+        "max_header_bytes": SIZE, "max_headers": positive(10_000),
+        "max_body_bytes": SIZE, "max_concurrent_upstream": positive(1_000_000),
+        "max_idle_per_endpoint": (int_range(0, 100_000), "an integer 0..100000"),
+        "max_pipelined": positive(1024),
     })
-    health = _read_dataclass(r.section("health"), Health(), {
-        "consecutive_failures": _positive(1_000_000), "ejection_time": _DUR,
-        "max_ejected_percent": (_int_range(0, 100), "an integer 0..100"),
+    health = read_flat(r.section("health"), Health(), {
+        "consecutive_failures": positive(1_000_000), "ejection_time": DUR,
+        "max_ejected_percent": (int_range(0, 100), "an integer 0..100"),
     })
-    retries = r.get("connect_retries", 1, _int_range(0, 10), "an integer 0..10")
-    recording = _read_dataclass(r.section("recording"), Recording(), {
-        "enabled": (_bool, "true or false"),
-        "window": (_int_range(10, 3600), "whole seconds 10..3600"),
+    retries = r.get("connect_retries", 1, int_range(0, 10), "an integer 0..10")
+    recording = read_flat(r.section("recording"), Recording(), {
+        "enabled": (flag, "true or false"),
+        "window": (int_range(10, 3600), "whole seconds 10..3600"),
     })
-    # Sections later issues own are validated there; accept them here.
-    r.done(allowed_extra=("rollout", "state"))
+    rollout = read_rollout(r.section("rollout"))
+    state = read_state(r.section("state"))
+    r.done()
     if limits.max_header_bytes < 1024:
         raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
                           "at least 1024 bytes")
     return Config(source, listen, admin, original, new, routing, new_bp, timeouts, limits,
-                  health, retries, recording)
+                  health, retries, recording, rollout, state)
 
 
 def load(path: str | Path) -> Config:

@@ -56,6 +56,11 @@ def _index_values() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     return highest, median
 
 
+def index_values_us() -> npt.NDArray[np.float64]:
+    """The value (us) each counter index stands for, as HDR reports quantiles."""
+    return _index_values()[0]
+
+
 def warm_up() -> None:
     """Build the per-index tables now rather than on the first query."""
     _index_values()

@@ -22,6 +22,7 @@ from proxy.latency import WindowStats
 from proxy.routing import VARIANTS, Variant
 
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "no_healthy", "overload")
+NO_THRESHOLD = 1 << 62
 RING_SECONDS = 60  # the longest window a query may ask for (each slot: up to 139 KiB)
 
 
@@ -60,10 +61,15 @@ class VariantRecorder:
         "cumulative",
         "current",
         "errors",
+        "exceed_a",
+        "exceed_b",
+        "failures",
         "in_flight",
         "latency_sum_us",
         "requests",
         "since_mark",
+        "threshold_a",
+        "threshold_b",
     )
 
     def __init__(self, ring_seconds: int = RING_SECONDS) -> None:
@@ -81,6 +87,11 @@ class VariantRecorder:
         self.bytes_in = 0
         self.bytes_out = 0
         self.latency_sum_us = 0
+        self.failures = 0  # 5xx answers and upstream failures after the response began
+        # Exceedance counts for the controller's latency gates (p99/p999 limits, in us):
+        # "p99 < L" holds exactly when under 1% of requests are slower than L.
+        self.threshold_a = self.threshold_b = NO_THRESHOLD
+        self.exceed_a = self.exceed_b = 0
 
     # -- hot path -------------------------------------------------------------
     def record(self, status: int, latency_us: int, failed: bool, now: float) -> None:
@@ -93,6 +104,11 @@ class VariantRecorder:
         slot.requests += 1
         if failed or status >= 500:
             slot.errors += 1
+            self.failures += 1
+        if latency_us > self.threshold_a:
+            self.exceed_a += 1
+        if latency_us > self.threshold_b:
+            self.exceed_b += 1
         self.latency_sum_us += latency_us
         slot.sum_us += latency_us
         hist = slot.hist
@@ -114,6 +130,12 @@ class VariantRecorder:
         slot.reset(second)
         self.current = slot
         return slot
+
+    def watch(self, threshold_a_us: int | None, threshold_b_us: int | None) -> None:
+        """Count requests slower than these (None: not counted); counts restart at 0."""
+        self.threshold_a = NO_THRESHOLD if threshold_a_us is None else threshold_a_us
+        self.threshold_b = NO_THRESHOLD if threshold_b_us is None else threshold_b_us
+        self.exceed_a = self.exceed_b = 0
 
     def mark(self, now: float) -> None:
         """Start a new "since" period (e.g. a rollout phase began) at the first whole

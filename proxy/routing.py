@@ -67,7 +67,7 @@ class Router:
         self._new_uid = new_uid
         self._force_header = cfg.force_header.lower().encode() if cfg.force_enabled else None
         self._needs_query = any(s.kind == "query" for s in cfg.user_key + cfg.group_key)
-        self._has_groups = bool(cfg.allow.groups or cfg.deny.groups)
+        self.set_overrides()
         names = {s.name.lower().encode() for s in cfg.user_key + cfg.group_key
                  if s.kind == "header"}
         names.add(b"cookie")
@@ -75,6 +75,18 @@ class Router:
             names.add(self._force_header)
         #: Lower-case header names the inbound side must capture for routing.
         self.header_names: frozenset[bytes] = frozenset(names)
+
+    def set_overrides(self, allow_users: frozenset[str] = frozenset(),
+                      allow_groups: frozenset[str] = frozenset(),
+                      deny_users: frozenset[str] = frozenset()) -> None:
+        """Cohorts added at run time (a phase's testers or rings, a targeted rollback) on top
+        of the config's; applies from the next request."""
+        cfg = self.cfg
+        self.allow_users = cfg.allow.users | allow_users
+        self.allow_groups = cfg.allow.groups | allow_groups
+        self.deny_users = cfg.deny.users | deny_users
+        self.deny_groups = cfg.deny.groups
+        self._has_groups = bool(self.allow_groups or self.deny_groups)
 
     def _lookup(
         self, sources: tuple[KeySource, ...], headers: Mapping[bytes, bytes],
@@ -122,8 +134,8 @@ class Router:
             # A group source may list several groups: "staff, beta".
             raw_groups = self._lookup(cfg.group_key, headers, cookies, qs) or ""
             groups = frozenset(g.strip() for g in raw_groups.split(",") if g.strip())
-        if user in cfg.allow.users or not groups.isdisjoint(cfg.allow.groups):
+        if user in self.allow_users or not groups.isdisjoint(self.allow_groups):
             return Decision(NEW, "allow", user, set_cookie)
-        if user in cfg.deny.users or not groups.isdisjoint(cfg.deny.groups):
+        if user in self.deny_users or not groups.isdisjoint(self.deny_groups):
             return Decision(ORIGINAL, "deny", user, set_cookie)
         return Decision(choose(bucket(cfg.salt, user), new_weight_bp), "weight", user, set_cookie)

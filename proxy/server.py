@@ -12,6 +12,7 @@ import asyncio
 from proxy import latency
 from proxy.config import Config
 from proxy.inbound import ClientConnection
+from proxy.rollout import RolloutRunner, open_store
 from proxy.runtime import Runtime
 
 
@@ -22,6 +23,7 @@ class ProxyServer:
         self.config = config
         self.rt = Runtime(config, loop or asyncio.get_running_loop())
         self._server: asyncio.Server | None = None
+        self.rollout: RolloutRunner | None = None
 
     @property
     def port(self) -> int:
@@ -39,10 +41,21 @@ class ProxyServer:
         latency.warm_up()  # the first scrape should not pay for the index tables
         rt.sweeper.start()
         try:
+            if self.config.rollout is not None:
+                # Before listening: a resumed rollout's weights apply to the first request.
+                self.rollout = RolloutRunner(rt, self.config.rollout, open_store(self.config.state))
             self._server = await rt.loop.create_server(
                 lambda: ClientConnection(rt), self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
+            if self.rollout is not None:
+                await self.rollout.start()
         except BaseException:
+            if self.rollout is not None:
+                await self.rollout.stop()
+                self.rollout = None
+            if self._server is not None:
+                self._server.close()
+                self._server = None
             await rt.sweeper.stop()
             raise
 
@@ -62,6 +75,9 @@ class ProxyServer:
         rt = self.rt
         rt.draining = True
         try:
+            if self.rollout is not None:
+                await self.rollout.stop()
+                self.rollout = None
             if self._server is not None:
                 self._server.close()
                 for conn in list(rt.connections):

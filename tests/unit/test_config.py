@@ -180,7 +180,10 @@ def test_weights(weights: object, bp: int) -> None:
      lambda c: c.health == Health(3, 10.0, 100)),
     ("connect_retries", 0, lambda c: c.connect_retries == 0),
     ("admin.token_file", "/run/token", lambda c: c.admin.token_file == "/run/token"),
-    ("rollout", {"anything": "goes"}, lambda c: True),
+    ("rollout", {"preset": "canary"},
+     lambda c: [p.weight_bp for p in c.rollout.phases] == [100, 500, 1000, 2500, 5000, 10000]),
+    ("recording", {"enabled": False, "window": 30},
+     lambda c: (c.recording.enabled, c.recording.window) == (False, 30)),
     ("routing", None, lambda c: c.routing == Routing()),
 ])
 def test_valid_values(path: str, value: object, check: Callable[[Config], object]) -> None:

@@ -1,0 +1,151 @@
+"""Runs the controller in a live process: schedules ticks, applies weights, persists, notifies.
+
+The loop only sleeps and calls ``step``; every decision is the controller's.
+After each tick or action the runner applies the controller's weight and
+cohorts to the router (the next request sees them), writes the state if it
+changed, and hands the events to the webhook notifier, which never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.controller import Controller
+from proxy.plan import Rollout, StateConfig
+from proxy.runtime import Runtime
+from proxy.state import Event, FileStore, MemoryStore, RolloutState, StateError, StateStore, Status
+from proxy.telemetry import RecorderTelemetry
+from proxy.webhooks import ConfirmGate, Notifier
+
+log = logging.getLogger("veer.rollout")
+
+
+def open_store(cfg: StateConfig) -> StateStore:
+    """The configured store, locked for this process."""
+    if cfg.path is None:
+        return MemoryStore()
+    store = FileStore(cfg.path, cfg.max_events)
+    store.lock()
+    return store
+
+
+def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
+               now: float) -> RolloutState:
+    """The saved state if it fits this rollout; otherwise start safe or refuse, as configured.
+
+    A state file that cannot be read, or that belongs to another rollout or plan, is
+    kept aside (never overwritten); ``safe`` starts with all traffic on original and
+    status needs-attention, ``refuse`` raises ``StateError`` saying why.
+    """
+    problem = ""
+    try:
+        state = store.load()
+    except StateError as exc:
+        state, problem = None, str(exc)
+    if state is not None and (state.rollout != rollout.name
+                              or state.phase >= len(rollout.phases)):
+        problem = (f"state belongs to rollout {state.rollout!r} phase {state.phase}, "
+                   f"not this plan ({rollout.name!r}, {len(rollout.phases)} phases)")
+        if isinstance(store, FileStore):
+            problem += f" (kept aside as {store._keep_aside()})"
+        state = None
+    if not problem:
+        return state if state is not None else Controller.fresh_state(rollout, now)
+    if cfg.on_corrupt == "refuse":
+        raise StateError(problem + "; refusing to start (state.on_corrupt: refuse)")
+    log.error("%s; starting safe: all traffic to original, status needs-attention", problem)
+    safe = RolloutState(rollout=rollout.name, status=Status.NEEDS_ATTENTION, weight_bp=0,
+                        phase_started=now)
+    safe.events.append(Event(now, "state-unreadable", "?", str(Status.NEEDS_ATTENTION),
+                             problem, "veer"))
+    return safe
+
+
+class RolloutRunner:
+    """The controller's life in a process: tick loop, weights, persistence, webhooks."""
+
+    def __init__(self, rt: Runtime, rollout: Rollout, store: StateStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.rt = rt
+        self.rollout = rollout
+        self.store = store
+        self.clock = clock
+        now = clock()
+        state = load_state(store, rollout, rt.config.state, now)
+        telemetry = RecorderTelemetry(rt.recorder, rt.loop.time)
+        self.controller = Controller(rollout, telemetry, state, now)
+        self.notifier = Notifier(rollout.notify) if rollout.notify else None
+        self.confirm = ConfirmGate(rollout.confirm) if rollout.confirm else None
+        self._task: asyncio.Task[None] | None = None
+        self.controller.dirty = True  # write the state we start from
+        self._after([])
+
+    async def start(self) -> None:
+        """Start webhooks and the tick loop."""
+        if self.notifier is not None:
+            await self.notifier.start()
+        if self.confirm is not None:
+            await self.confirm.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="veer-rollout")
+
+    async def stop(self) -> None:
+        """Stop the loop, flush notifications, release the state file."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            if self.confirm is not None:
+                await self.confirm.stop()
+            if self.notifier is not None:
+                await self.notifier.stop()
+        finally:
+            self.store.close()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.rollout.tick)
+            try:
+                self.step()
+            except Exception:  # analysis errors record and carry on; never crash the proxy
+                log.exception("controller tick failed")
+
+    def step(self) -> list[Event]:
+        """One tick: decide, apply, persist, notify."""
+        c = self.controller
+        if self.confirm is not None and c.confirm_request is not None:
+            key = c.confirm_request
+            result = self.confirm.result(key)
+            if result is None:
+                self.confirm.request(key, {"rollout": self.rollout.name, "phase": c.phase.name,
+                                           "next": c.state.phase + 1})
+            else:
+                c.confirmed(key, result)
+        return self._after(c.tick(self.clock()))
+
+    def act(self, action: str, actor: str, **kwargs: Any) -> list[Event]:
+        """Run a controller action (advance, promote, ...) and apply it at once."""
+        method = getattr(self.controller, action)
+        events: list[Event] = method(self.clock(), actor, **kwargs)
+        return self._after(events)
+
+    def _after(self, events: list[Event]) -> list[Event]:
+        c = self.controller
+        allow_users, allow_groups = c.allowed()
+        self.rt.router.set_overrides(allow_users, allow_groups, frozenset(c.state.deny_users))
+        self.rt.set_weight(c.weight_bp)
+        if c.dirty:
+            self.store.save(c.state)
+            c.dirty = False
+        for e in events:
+            log.info("rollout %s: %s %s -> %s (%s, by %s)", self.rollout.name, e.kind, e.from_,
+                     e.to, e.reason, e.actor)
+            if self.notifier is not None:
+                self.notifier.notify({"rollout": self.rollout.name, **e.to_dict()})
+        return events
