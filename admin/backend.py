@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
 NAME_KEY = web.AppKey("name", str)
 SEEN_KEY = web.AppKey("seen", list)
+
+
+@dataclass
+class Fault:
+    """Misbehaviour switched on at run time (the demo's and tests' degraded release)."""
+
+    error_rate: float = 0.0  # share of echo requests answered 500
+    delay: float = 0.0  # seconds added to every echo request
+
+
+FAULT_KEY = web.AppKey("fault", Fault)
 
 
 @dataclass
@@ -20,6 +32,7 @@ class Backend:
     port: int
     runner: web.AppRunner
     seen: list[dict[str, object]] = field(default_factory=list)
+    fault: Fault = field(default_factory=Fault)
 
     @property
     def url(self) -> str:
@@ -31,6 +44,11 @@ class Backend:
 
 async def _echo(request: web.Request) -> web.Response:
     body = await request.read()
+    fault = request.app[FAULT_KEY]
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.error_rate and random.random() < fault.error_rate:
+        return web.Response(status=500, text=f"{request.app[NAME_KEY]}: injected fault\n")
     info = {
         "backend": request.app[NAME_KEY],
         "method": request.method,
@@ -118,6 +136,7 @@ def make_app(name: str) -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app[NAME_KEY] = name
     app[SEEN_KEY] = []
+    app[FAULT_KEY] = Fault()
     app.router.add_route("*", "/status/{code}", _status)
     app.router.add_get("/slow", _slow)
     app.router.add_get("/download", _download)
@@ -137,4 +156,4 @@ async def start_backend(name: str, port: int = 0) -> Backend:
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound: int = runner.addresses[0][1]
-    return Backend(name, bound, runner, app[SEEN_KEY])
+    return Backend(name, bound, runner, app[SEEN_KEY], app[FAULT_KEY])

@@ -109,6 +109,24 @@ class VeerCollector(Collector):
         yield healthy
         yield opened
 
+        if rt.rollout is not None:
+            c = rt.rollout.controller
+            phase = GaugeMetricFamily("veer_rollout_phase_info",
+                                      "The rollout's current phase and status (value 1).",
+                                      labels=["rollout", "phase", "status"])
+            phase.add_metric([rt.rollout.rollout.name, c.phase.name, str(c.state.status)], 1)
+            yield phase
+            index = GaugeMetricFamily("veer_rollout_phase_index", "Index of the current phase.",
+                                      labels=["rollout"])
+            index.add_metric([rt.rollout.rollout.name], c.state.phase)
+            yield index
+            rollbacks = CounterMetricFamily("veer_rollbacks",
+                                            "Rollbacks by reason (breach = the controller's).",
+                                            labels=["reason"])
+            for reason, n in sorted(rt.rollout.rollbacks.items()):
+                rollbacks.add_metric([reason], n)
+            yield rollbacks
+
         cfg = rt.config
         info = InfoMetricFamily("veer_config", "The loaded config.")
         info.add_metric([], {"source": cfg.source, "salt": cfg.routing.salt,

@@ -189,7 +189,8 @@ class Controller:
                 self._confirmed.pop(key)
                 self._emit(now, "advance-refused", self.phase.name, self.phase.name,
                            "a confirm hook did not answer 2xx", "controller")
-                st.phase_started = now - self.phase.duration + 10.0  # retry in 10 s
+                # Ask again after confirm_retry: the phase's clock is set back that far.
+                st.phase_started = now - self.phase.duration + self.rollout.confirm_retry
                 self.dirty = True
                 return
         if last:

@@ -63,6 +63,7 @@ class Rollout:
     rollback_stages: tuple[float, ...] = (0.75, 0.5, 0.25, 0.0)  # of the weight, gradual mode
     rollback_interval: float = 10.0
     confirm: tuple[Hook, ...] = ()
+    confirm_retry: float = 10.0  # after a confirm hook says no, ask again this much later
     notify: tuple[Hook, ...] = ()
 
 
@@ -168,7 +169,9 @@ def read_rollout(r: Reader) -> Rollout | None:
         name=name, phases=tuple(phases), tick=tick,
         rollback_stages=stages,
         rollback_interval=r.get("rollback_interval", 10.0, _seconds, DUR[1]),
-        confirm=_read_hooks(r, "confirm"), notify=_read_hooks(r, "notify"),
+        confirm=_read_hooks(r, "confirm"),
+        confirm_retry=r.get("confirm_retry", 10.0, _seconds, DUR[1]),
+        notify=_read_hooks(r, "notify"),
     )
     r.done()
     _check_plan(r, rollout.phases)

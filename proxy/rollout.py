@@ -82,6 +82,7 @@ class RolloutRunner:
         self.notifier = Notifier(rollout.notify) if rollout.notify else None
         self.confirm = ConfirmGate(rollout.confirm) if rollout.confirm else None
         self._task: asyncio.Task[None] | None = None
+        self.rollbacks: dict[str, int] = {}  # by reason, for /metrics
         self.controller.dirty = True  # write the state we start from
         self._after([])
 
@@ -144,6 +145,10 @@ class RolloutRunner:
             self.store.save(c.state)
             c.dirty = False
         for e in events:
+            if e.kind.startswith("rollback") and e.kind != "rollback-step":
+                reason = ("breach" if e.actor == "controller" and e.kind == "rollback"
+                          else e.kind.replace("rollback", "manual"))
+                self.rollbacks[reason] = self.rollbacks.get(reason, 0) + 1
             log.info("rollout %s: %s %s -> %s (%s, by %s)", self.rollout.name, e.kind, e.from_,
                      e.to, e.reason, e.actor)
             if self.notifier is not None:

@@ -20,6 +20,7 @@ from proxy.upstream import expire_idle
 
 if TYPE_CHECKING:
     from proxy.inbound import ClientConnection
+    from proxy.rollout import RolloutRunner
 
 
 class Runtime:
@@ -43,6 +44,7 @@ class Runtime:
         self.new_weight_bp = config.new_weight_bp
         self.upstream_in_flight = 0
         self.draining = False
+        self.rollout: RolloutRunner | None = None  # set when the config has a rollout
 
     def set_weight(self, new_weight_bp: int) -> None:
         """Set the share of users on new, in basis points (0..10000)."""

@@ -43,7 +43,13 @@ class ProxyServer:
         try:
             if self.config.rollout is not None:
                 # Before listening: a resumed rollout's weights apply to the first request.
-                self.rollout = RolloutRunner(rt, self.config.rollout, open_store(self.config.state))
+                store = open_store(self.config.state)
+                try:
+                    self.rollout = RolloutRunner(rt, self.config.rollout, store)
+                except BaseException:
+                    store.close()  # release the single-writer lock
+                    raise
+                rt.rollout = self.rollout
             self._server = await rt.loop.create_server(
                 lambda: ClientConnection(rt), self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
@@ -52,7 +58,7 @@ class ProxyServer:
         except BaseException:
             if self.rollout is not None:
                 await self.rollout.stop()
-                self.rollout = None
+                self.rollout = rt.rollout = None
             if self._server is not None:
                 self._server.close()
                 self._server = None

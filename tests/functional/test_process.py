@@ -199,3 +199,56 @@ async def test_100mb_upload_and_download_stream_in_bounded_memory(
     assert growth < 40, f"veer RSS grew by {growth:.1f} MiB while streaming"
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(15) == 0
+
+
+async def test_kill9_mid_rollout_then_restart_resumes(
+    tmp_path: Path, backends: dict[str, Backend], veer_process: list[subprocess.Popen[bytes]]
+) -> None:
+    state = tmp_path / "state.json"
+    admin_port = free_port()
+    path = write_config(tmp_path, backends, admin={"listen": f"127.0.0.1:{admin_port}"},
+                        rollout={"name": "crash", "tick": "100ms", "plan": [
+                            {"name": "a", "weight": 5, "duration": "100ms",
+                             "gates": {"min_requests": 5}},
+                            {"name": "b", "weight": 20, "duration": "1h"},
+                            {"name": "full", "weight": 100}]},
+                        state={"path": str(state)})
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["weights"]
+    path.write_text(yaml.safe_dump(cfg))
+    port = int(cfg["listen"].rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+
+    def saved() -> dict[str, object]:
+        try:
+            data: dict[str, object] = json.loads(state.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    proc = subprocess.Popen([*VEER, "run", "--config", str(path)], stderr=subprocess.PIPE)
+    veer_process.append(proc)
+    await wait_listening(port, proc)
+    async with aiohttp.ClientSession() as s:
+        deadline = loop.time() + 20
+        i = 0
+        while saved().get("phase") != 1:  # traffic until the plan advances to b
+            assert loop.time() < deadline, saved()
+            i += 1
+            async with s.get(f"http://127.0.0.1:{port}/", headers={"X-User-Id": f"u{i}"}) as r:
+                await r.read()
+    proc.kill()  # SIGKILL: no drain, no goodbye
+    proc.wait(10)
+    assert saved()["weight_bp"] == 2000
+
+    again = subprocess.Popen([*VEER, "run", "--config", str(path)], stderr=subprocess.PIPE)
+    veer_process.append(again)
+    await wait_listening(port, again)
+    async with aiohttp.ClientSession() as s, \
+            s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        text = await r.text()
+    assert 'veer_weight_ratio{variant="new"} 0.2' in text
+    assert 'veer_rollout_phase_info{phase="b",rollout="crash",status="progressing"} 1.0' in text
+    assert saved()["phase"] == 1
+    os.kill(again.pid, signal.SIGTERM)
+    assert again.wait(15) == 0
