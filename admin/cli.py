@@ -39,7 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Two demo backends, veer in front, traffic, and a live view of the split."""
     from admin.demo import run_demo
 
-    return run_demo(seconds=args.seconds, weight=args.weight, rate=args.rate)
+    return run_demo(seconds=args.seconds, weight=args.weight, rate=args.rate,
+                    degrade_at=args.degrade_at)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", required=True, help="YAML config file")
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="see veer split traffic, with no other software")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to run (0 = forever)")
-    demo.add_argument("--weight", type=float, default=10.0, help="percent of users on new")
-    demo.add_argument("--rate", type=float, default=200.0, help="requests per second to send")
+    demo.add_argument("--seconds", type=float, default=45.0, help="how long to run (0 = forever)")
+    demo.add_argument("--weight", type=float, default=None,
+                      help="a fixed percent on new instead of the rollout plan")
+    demo.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
+    demo.add_argument("--degrade-at", type=float, default=32.0,
+                      help="second at which the new backend degrades (0 = never)")
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -1,6 +1,10 @@
-"""``veer demo``: two demo backends, veer in front, paced traffic, and a live view of the split.
+"""``veer demo``: two backends, veer in front, live traffic, and a rollout that runs by itself.
 
-Everything runs in one process on 127.0.0.1 ephemeral ports; nothing else is needed.
+The plan advances 10% -> 25% -> 50% -> 100% in about 25 seconds; at ``--degrade-at``
+the new backend starts failing and veer rolls back on its own. Once a second
+the terminal shows the phase, the weight and both sides' rate, error rate and
+p99; events print as they happen. Everything runs in one process on
+127.0.0.1 ephemeral ports; nothing else is needed.
 """
 
 from __future__ import annotations
@@ -10,27 +14,38 @@ import contextlib
 import random
 import signal
 import sys
+from typing import Any
 
 import aiohttp
 import uvloop
 
 from admin.backend import Backend, start_backend
 from proxy.config import ConfigError, from_dict
-from proxy.recorder import CountersSnapshot
 from proxy.routing import NEW, ORIGINAL
 from proxy.server import ProxyServer
 
-USERS = [f"user-{i}" for i in range(1000)]
+USERS = [f"user-{i}" for i in range(5000)]
 WORKERS = 16
+GATES = {"max_error_rate": "5%", "max_p99": "100ms", "min_requests": 100}
 
 
-def _errors(c: CountersSnapshot) -> int:
-    """5xx answers (from the backend or made by veer) plus requests that got no response."""
-    return c.status_classes[5] + c.status_classes[0]
-
-
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:5.1f}%" if whole else "    -"
+def demo_config(original: str, new: str, weight: float | None) -> dict[str, Any]:
+    """veer's config for the demo: a rollout plan, or a fixed weight if one is given."""
+    cfg: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "upstreams": {"original": {"endpoints": [original]}, "new": {"endpoints": [new]}},
+        "routing": {"salt": "demo", "user_key": ["header:X-User-Id"]},
+    }
+    if weight is not None:
+        cfg["weights"] = {"new": weight}
+    else:
+        cfg["rollout"] = {"name": "demo", "tick": "250ms", "plan": [
+            {"name": "canary", "weight": 10, "duration": "6s", "gates": GATES},
+            {"name": "ramp", "weight": 25, "duration": "6s", "gates": GATES},
+            {"name": "half", "weight": 50, "duration": "6s", "gates": GATES},
+            {"name": "full", "weight": 100, "gates": GATES},
+        ]}
+    return cfg
 
 
 class _Traffic:
@@ -61,59 +76,73 @@ class _Traffic:
                 self.failed += 1
 
 
-async def _demo(seconds: float, weight: float, rate: float) -> int:
+def _line(server: ProxyServer, elapsed: float, last: dict[str, int], dt: float) -> str:
+    rt = server.rt
+    now = rt.loop.time()
+    head = f"{elapsed:5.0f}s  new {rt.new_weight_bp / 100:5.1f}%"
+    if rt.rollout is not None:
+        c = rt.rollout.controller
+        head += f"  {c.phase.name:>6}/{c.state.status:<12}"
+    parts = [head]
+    for v in (ORIGINAL, NEW):
+        rec = rt.recorder.variants[v]
+        w = rec.window(10, now)
+        rate = (rec.requests - last[v]) / dt
+        last[v] = rec.requests
+        p99 = f"{w.p99 * 1e3:6.1f} ms" if w.requests else "     - ms"
+        parts.append(f"{v:>8} {rate:6.0f} req/s err {100 * w.error_rate:5.1f}% p99 {p99}")
+    return "  ".join(parts)
+
+
+async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: float) -> int:
     loop = asyncio.get_running_loop()
     backends: list[Backend] = []
     server: ProxyServer | None = None
     workers: list[asyncio.Task[None]] = []
     try:
         backends = [await start_backend("original"), await start_backend("new")]
-        config = from_dict({
-            "listen": "127.0.0.1:0",
-            "upstreams": {"original": {"endpoints": [backends[0].url]},
-                          "new": {"endpoints": [backends[1].url]}},
-            "routing": {"salt": "demo", "user_key": ["header:X-User-Id"]},
-            "weights": {"new": weight},
-        }, "<demo>")
-        server = ProxyServer(config)
+        server = ProxyServer(from_dict(demo_config(backends[0].url, backends[1].url, weight),
+                                       "<demo>"))
         await server.start()
-        rec, rt = server.rt.recorder, server.rt
-        print(f"veer on 127.0.0.1:{server.port}  original {backends[0].url}  new {backends[1].url}"
-              f"  weight {weight:g}%  {rate:g} req/s from {len(USERS)} users"
-              + ("  (Ctrl-C to stop)" if not seconds else ""), flush=True)
+        print(f"veer on 127.0.0.1:{server.port}: original {backends[0].url}, new "
+              f"{backends[1].url}; {rate:g} req/s from {len(USERS)} users"
+              + (f"; new degrades at {degrade_at:g}s" if degrade_at else ""), flush=True)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         traffic = _Traffic(f"http://127.0.0.1:{server.port}/demo", rate)
         conn = aiohttp.TCPConnector(limit=WORKERS)
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        async with aiohttp.ClientSession(connector=conn,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as session:
             workers = [asyncio.create_task(traffic.worker(session)) for _ in range(WORKERS)]
             t0 = last_t = loop.time()
-            last = {v: rec.snapshot(v) for v in (ORIGINAL, NEW)}
+            last = {ORIGINAL: 0, NEW: 0}
+            shown = 0
             tick = 1
-            while not stop.is_set():
-                end = t0 + (min(tick, seconds) if seconds else tick)
+            while not stop.is_set() and not (seconds and tick > seconds):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, end - loop.time()))
+                    await asyncio.wait_for(stop.wait(), max(0.0, t0 + tick - loop.time()))
                 now = loop.time()
-                cur = {v: rec.snapshot(v) for v in (ORIGINAL, NEW)}
-                d = {v: cur[v].requests - last[v].requests for v in cur}
-                dt = max(now - last_t, 1e-9)
-                print(f"{now - t0:6.1f}s  weight {rt.new_weight_bp / 100:6.2f}%  "
-                      f"new {_pct(d[NEW], d[NEW] + d[ORIGINAL])} "
-                      f"(cum {_pct(cur[NEW].requests, cur[NEW].requests + cur[ORIGINAL].requests)})"
-                      f"  original {d[ORIGINAL] / dt:6.1f} req/s err {_errors(cur[ORIGINAL])}"
-                      f"  new {d[NEW] / dt:6.1f} req/s err {_errors(cur[NEW])}", flush=True)
-                last, last_t = cur, now
+                if degrade_at and now - t0 >= degrade_at and not backends[1].fault.error_rate:
+                    backends[1].fault.error_rate, backends[1].fault.delay = 0.3, 0.15
+                    print("        >>> the new release degrades: 30% errors, +150 ms", flush=True)
+                if server.rt.rollout is not None:
+                    events = server.rt.rollout.controller.state.events
+                    for e in events[shown:]:
+                        print(f"        event: {e.kind} {e.from_} -> {e.to}: {e.reason}",
+                              flush=True)
+                    shown = len(events)
+                print(_line(server, now - t0, last, max(now - last_t, 1e-9)), flush=True)
+                last_t = now
                 for b in backends:
-                    b.seen.clear()  # the demo backend logs every request; keep memory flat
-                if seconds and tick >= seconds:
-                    break
+                    b.seen.clear()  # the backend logs every request; keep memory flat
                 tick += 1
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-        return _summary(rec.snapshot(ORIGINAL), rec.snapshot(NEW), traffic, loop.time() - t0)
+        switched = sum(1 for s in traffic.seen.values() if len(s) > 1)
+        print(f"summary: {len(traffic.seen)} users, client failures {traffic.failed}; "
+              f"{switched} users saw both variants (only when the weight changed)")
+        return 0 if traffic.seen else 1
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         for w in workers:
@@ -124,35 +153,13 @@ async def _demo(seconds: float, weight: float, rate: float) -> int:
             await b.close()
 
 
-def _summary(orig: CountersSnapshot, new: CountersSnapshot, traffic: _Traffic,
-             elapsed: float) -> int:
-    total = orig.requests + new.requests
-    switched = sum(1 for s in traffic.seen.values() if len(s) > 1)
-    on_new = sum(1 for s in traffic.seen.values() if s == {NEW})
-    print(f"summary: {total} requests in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f} req/s); "
-          f"original {orig.requests} (errors {_errors(orig)}), "
-          f"new {new.requests} (errors {_errors(new)}) = {_pct(new.requests, total).strip()} new; "
-          f"client failures {traffic.failed}")
-    print(f"sticky: {len(traffic.seen)} users seen, {on_new} on new "
-          f"({_pct(on_new, len(traffic.seen)).strip()}), {switched} users switched variant")
-    if switched or not traffic.seen:
-        print("veer demo: FAILED: " + ("a user saw both variants" if switched
-                                       else "no request got an answer through veer"))
-        return 1
-    return 0
-
-
-def run_demo(seconds: float, weight: float, rate: float) -> int:
-    """Run the demo for ``seconds`` (0 = until Ctrl-C).
-
-    Returns 0 on success, 1 if no traffic got through or a user switched variant, 2 on bad
-    arguments.
-    """
-    if seconds < 0 or rate <= 0:
-        print("veer demo: --seconds must be >= 0 and --rate > 0", file=sys.stderr)
+def run_demo(seconds: float, weight: float | None, rate: float, degrade_at: float) -> int:
+    """Run the demo for ``seconds`` (0 = until Ctrl-C). 0 on success, 2 on bad arguments."""
+    if seconds < 0 or rate <= 0 or degrade_at < 0:
+        print("veer demo: --seconds and --degrade-at must be >= 0, --rate > 0", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(_demo(seconds, weight, rate))
+        return uvloop.run(_demo(seconds, weight, rate, degrade_at))
     except ConfigError as exc:
         print(f"veer demo: {exc}", file=sys.stderr)
         return 2

@@ -86,10 +86,10 @@ class Cusum:
             return self
         up = math.log(self.p1 / self.p0)
         down = math.log((1 - self.p1) / (1 - self.p0))
-        # Hits first, then misses: within a batch the order is unknown, and this
-        # order is the one that resets least, so a burst is never hidden by batching.
-        s = self.s + hits * up
-        s = max(0.0, s + (trials - hits) * down)
+        # Misses first, then hits: within a batch the order is unknown, and this
+        # order gives the largest s of any order, so a burst is never hidden by batching.
+        s = max(0.0, self.s + (trials - hits) * down)
+        s += hits * up
         return Cusum(self.p0, self.p1, self.h, s)
 
     @property

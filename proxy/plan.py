@@ -203,7 +203,7 @@ def _expand_preset(preset: str, r: Reader, gates: Gates) -> list[Phase]:
     step_time = r.get("step_duration", 600.0, parse_duration, DUR[1])
     if preset == "canary":
         weights = r.get("weights", CANARY_WEIGHTS, _weights, "a list of increasing percents")
-        return [Phase(f"canary-{w:g}", int(w * 100), 0.0 if w == 100 else step_time, gates)
+        return [Phase(f"canary-{w:g}", round(w * 100), 0.0 if w == 100 else step_time, gates)
                 for w in weights] + _full_if_missing(weights, gates)
     if preset == "linear":
         step = r.require("step", parse_percent_bp, "a percent step, e.g. 10")
@@ -234,7 +234,7 @@ def _expand_preset(preset: str, r: Reader, gates: Gates) -> list[Phase]:
     for i, groups in enumerate(rings):
         seen = seen | groups
         phases.append(Phase(f"ring-{i}", 0, step_time, gates, allow_groups=seen))
-    phases += [Phase(f"ring-{w:g}%", int(w * 100), 0.0 if w == 100 else step_time, gates,
+    phases += [Phase(f"ring-{w:g}%", round(w * 100), 0.0 if w == 100 else step_time, gates,
                      allow_groups=seen) for w in weights]
     return phases + _full_if_missing(weights, gates)
 

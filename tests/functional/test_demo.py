@@ -1,4 +1,4 @@
-"""``veer demo`` end to end: a real subprocess, real sockets, a sticky split on both variants."""
+"""``veer demo`` as a real subprocess: the rollout advances, then rolls back by itself."""
 
 from __future__ import annotations
 
@@ -10,19 +10,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_splits_traffic_and_keeps_users_sticky() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "admin.cli", "demo", "--seconds", "3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
+def demo(*args: str, timeout: float) -> str:
+    proc = subprocess.run([sys.executable, "-m", "admin.cli", "demo", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(re.findall(r"^\s*\d+\.\ds  weight  10\.00%", out, re.M)) >= 3, out
-    summary = re.search(r"original (\d+) \(errors (\d+)\), new (\d+) \(errors (\d+)\)", out)
-    assert summary is not None, out
-    orig, orig_err, new, new_err = (int(g) for g in summary.groups())
-    assert orig > 0 and new > 0, out
-    assert orig_err == 0 and new_err == 0, out
+    return proc.stdout
+
+
+def test_demo_rollout_advances_then_rolls_back_on_degradation() -> None:
+    out = demo("--seconds", "30", "--degrade-at", "24", timeout=90)
+    events = re.findall(r"event: (\S+) ", out)
+    assert events == ["advance", "advance", "advance", "complete", "rollback"], out
+    assert re.search(r"new\s+0\.0%\s+full/rolled-back", out), out
     assert "client failures 0" in out, out
-    assert re.search(r"\b0 users switched variant", out), out
+    # each second shows the phase, the weight and both sides' rate, error rate and p99
+    assert re.search(r"canary/progressing\s+original\s+\d+ req/s err\s+[\d.]+% p99\s+[\d.]+ ms"
+                     r"\s+new\s+\d+ req/s", out), out
+
+
+def test_demo_with_a_fixed_weight_splits_both_ways() -> None:
+    out = demo("--seconds", "3", "--weight", "10", timeout=30)
+    lines = re.findall(r"^\s+\d+s  new  10\.0%\s+original\s+(\d+) req/s.*new\s+(\d+) req/s", out,
+                       re.M)
+    assert len(lines) >= 3, out
+    assert all(int(o) > 0 and int(n) > 0 for o, n in lines[1:]), out
