@@ -9,7 +9,6 @@ changed, and hands the events to the webhook notifier, which never blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from proxy.plan import Rollout, StateConfig
 from proxy.runtime import Runtime
 from proxy.state import Event, FileStore, MemoryStore, RolloutState, StateError, StateStore, Status
 from proxy.telemetry import RecorderTelemetry
+from proxy.timers import cancel
 from proxy.webhooks import ConfirmGate, Notifier
 
 log = logging.getLogger("veer.rollout")
@@ -96,11 +96,8 @@ class RolloutRunner:
 
     async def stop(self) -> None:
         """Stop the loop, flush notifications, release the state file."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         try:
             if self.confirm is not None:
                 await self.confirm.stop()

@@ -17,6 +17,14 @@ from typing import Protocol
 log = logging.getLogger("veer.timers")
 
 
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has finished."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Timed(Protocol):
     """Something with deadlines to check."""
 
@@ -48,11 +56,8 @@ class Sweeper:
 
     async def stop(self) -> None:
         """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def sweep(self, now: float) -> None:
         """One pass; a failing check must not stop the others."""

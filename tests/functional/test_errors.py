@@ -85,7 +85,7 @@ async def test_first_byte_timeout_is_504(
     server = await start_veer(base_config(backends, timeouts={"first_byte": "300ms"}))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    status, text, _ = await get(server.port, "/slow?s=3")
+    status, text, _ = await get(server.port, "/slow?s=1.5")
     assert status == 504
     assert "first-byte timeout" in text
     assert loop.time() - t0 < 2.0
@@ -146,7 +146,7 @@ async def test_idle_timeout_mid_body_aborts_the_response(
     server = await start_veer(base_config(backends, weights={"new": 100},
                                           timeouts={"idle": "300ms"}))
     async with aiohttp.ClientSession() as s, \
-            s.get(f"http://127.0.0.1:{server.port}/stall?s=3") as r:
+            s.get(f"http://127.0.0.1:{server.port}/stall?s=1.5") as r:
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
