@@ -315,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if unknown := set(a.scenarios) - set(SCENARIO_KEYS):
         p.error(f"unknown scenarios {sorted(unknown)}")
+    if any(n is not None and n < 1 for n in (a.runs, a.aa_runs, a.error_runs, a.latency_runs)):
+        p.error("runs must be at least 1")
+    if not 0 <= a.fault_from <= a.fault_to:
+        p.error("need 0 <= --fault-from <= --fault-to")
     overrides = parse_experiment(a.experiment)
     apply_experiment(overrides)
     scenarios = build_scenarios(a)

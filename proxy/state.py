@@ -126,7 +126,7 @@ class MemoryStore:
         return None if self.saved is None else RolloutState.from_dict(self.saved)
 
     def save(self, state: RolloutState) -> None:
-        self.saved = state.to_dict()
+        self.saved = json.loads(json.dumps(state.to_dict()))  # a copy, as a file would be
 
     def close(self) -> None:
         pass
