@@ -56,6 +56,6 @@ def run(config: Config) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return uvloop.run(serve(config))
-    except (OSError, StateError) as exc:  # port taken, state refused: loud and non-zero
+    except (OSError, StateError, RuntimeError) as exc:  # port taken, state refused, ...
         log.error("cannot start: %s", exc)
         return 1

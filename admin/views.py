@@ -1,0 +1,104 @@
+"""What the admin API shows: status, analysis and events as plain JSON-ready data.
+
+Read-only: nothing here changes the runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from proxy import analysis, latency
+from proxy.latency import WindowStats
+from proxy.routing import NEW, ORIGINAL, VARIANTS
+from proxy.runtime import Runtime
+from proxy.state import Event
+
+WINDOW = 10  # seconds behind "current" rates and percentiles
+
+
+def weights(rt: Runtime) -> dict[str, float]:
+    """Percent of users on each variant."""
+    return {ORIGINAL: (10000 - rt.new_weight_bp) / 100, NEW: rt.new_weight_bp / 100}
+
+
+def _stats(s: WindowStats) -> dict[str, float | int]:
+    return s.to_dict()
+
+
+def status(rt: Runtime, started: float) -> dict[str, Any]:
+    """Rollout, weights and per-variant numbers (current window and since the phase began)."""
+    now = rt.loop.time()
+    variants = {}
+    for v in VARIANTS:
+        rec = rt.recorder.variants[v]
+        w = rec.window(WINDOW, now)
+        variants[v] = {"rate": w.requests / WINDOW, "in_flight": rec.in_flight,
+                       "requests_total": rec.requests, "window": _stats(w),
+                       "since_phase": _stats(rec.since_marked(now))}
+    return {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
+            "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+
+
+def rollout(rt: Runtime) -> dict[str, Any] | None:
+    """The rollout's phase, gates with live verdicts, and plan; None without a rollout."""
+    if rt.rollout is None:
+        return None
+    c = rt.rollout.controller
+    st = c.state
+    phase = c.phase
+    return {
+        "name": c.rollout.name, "status": str(st.status),
+        "phase": {"index": st.phase, "name": phase.name, "weight": phase.weight_bp / 100,
+                  "duration_s": phase.duration, "elapsed_s": max(0.0, time.time() -
+                                                                 st.phase_started),
+                  "approval_required": phase.approval, "approved": st.approved,
+                  "on_breach": phase.on_breach},
+        "gates": [f.to_dict() for f in c.findings],
+        "verdict": str(analysis.overall(c.findings)) if c.findings else "inconclusive",
+        "phases": [{"name": p.name, "weight": p.weight_bp / 100, "duration_s": p.duration}
+                   for p in c.rollout.phases],
+        "deny_users": list(st.deny_users),
+    }
+
+
+def analysis_view(rt: Runtime) -> dict[str, Any]:
+    """Both variants side by side since the phase began, with confidence intervals and the
+    Mann-Whitney comparison of latency."""
+    now = rt.loop.time()
+    side = {}
+    for v in VARIANTS:
+        s = rt.recorder.variants[v].since_marked(now)
+        side[v] = {**_stats(s), "error_rate_ci95": [
+            analysis.lower_bound(s.errors, s.requests, 0.025),
+            analysis.upper_bound(s.errors, s.requests, 0.025)]}
+    new_counts = latency.counts(rt.recorder.variants[NEW].since_marked(now).histogram)
+    orig_counts = latency.counts(rt.recorder.variants[ORIGINAL].since_marked(now).histogram)
+    used = np.flatnonzero(new_counts + orig_counts)
+    end = int(used[-1]) + 1 if used.size else 1
+    test = analysis.mann_whitney_binned(latency.index_values_us()[:end] / 1e6,
+                                        new_counts[:end].astype(np.float64),
+                                        orig_counts[:end].astype(np.float64))
+    ro = rollout(rt)
+    return {
+        "variants": side,
+        "mann_whitney": {"u": test.u, "p_value": test.p_value, "shift_s": test.shift,
+                         "n_new": test.n_new, "n_original": test.n_original},
+        "gates": ro["gates"] if ro else [],
+        "verdict": ro["verdict"] if ro else "inconclusive",
+        "phase": ro["phase"]["name"] if ro else None,
+    }
+
+
+def events(all_events: list[Event], kind: str | None, actor: str | None, since: float | None,
+           limit: int, offset: int) -> dict[str, Any]:
+    """Newest first, filtered, one page."""
+    picked = [e for e in reversed(all_events)
+              if (kind is None or e.kind == kind) and (actor is None or e.actor == actor)
+              and (since is None or e.time >= since)]
+    page = picked[offset: offset + limit]
+    more = offset + limit < len(picked)
+    return {"events": [e.to_dict() for e in page], "total": len(picked),
+            "next_offset": offset + limit if more else None}
