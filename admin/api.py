@@ -320,9 +320,12 @@ def build_app(rt: Runtime, token: str | None) -> web.Application:
 class AdminServer:
     """The admin listener's lifecycle around an ``AppRunner``."""
 
-    def __init__(self, rt: Runtime, token: str | None = None) -> None:
+    def __init__(self, rt: Runtime, token: str | None = None, *,
+                 token_from_config: bool = True) -> None:
         self.rt = rt
-        self.token = token if token is not None else load_token(rt.config.admin)
+        if token is None and token_from_config:
+            token = load_token(rt.config.admin)
+        self.token = token
         self.runner = web.AppRunner(build_app(rt, self.token), access_log=None,
                                     handle_signals=False)
         self._started = False
