@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import signal
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from admin.api import AdminServer
 from admin.backend import Backend, start_backend
 from proxy.config import ConfigError, from_dict
 from proxy.routing import NEW, ORIGINAL
@@ -33,6 +35,7 @@ def demo_config(original: str, new: str, weight: float | None) -> dict[str, Any]
     """veer's config for the demo: a rollout plan, or a fixed weight if one is given."""
     cfg: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
         "upstreams": {"original": {"endpoints": [original]}, "new": {"endpoints": [new]}},
         "routing": {"salt": "demo", "user_key": ["header:X-User-Id"]},
     }
@@ -98,15 +101,22 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
     loop = asyncio.get_running_loop()
     backends: list[Backend] = []
     server: ProxyServer | None = None
+    admin: AdminServer | None = None
     workers: list[asyncio.Task[None]] = []
     try:
         backends = [await start_backend("original"), await start_backend("new")]
         server = ProxyServer(from_dict(demo_config(backends[0].url, backends[1].url, weight),
                                        "<demo>"))
         await server.start()
+        token = secrets.token_urlsafe(12)
+        admin = AdminServer(server.rt, token=token)
+        await admin.start()
         print(f"veer on 127.0.0.1:{server.port}: original {backends[0].url}, new "
               f"{backends[1].url}; {rate:g} req/s from {len(USERS)} users"
               + (f"; new degrades at {degrade_at:g}s" if degrade_at else ""), flush=True)
+        print(f"dashboard: http://127.0.0.1:{admin.port}/ui  (admin token: {token})  "
+              f"CLI: VEER_ADMIN=http://127.0.0.1:{admin.port} VEER_ADMIN_TOKEN={token} "
+              "veer status", flush=True)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         traffic = _Traffic(f"http://127.0.0.1:{server.port}/demo", rate)
@@ -147,6 +157,8 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
         loop.remove_signal_handler(signal.SIGINT)
         for w in workers:
             w.cancel()
+        if admin is not None:
+            await admin.stop()
         if server is not None:
             await server.stop()
         for b in backends:
