@@ -1,18 +1,75 @@
-"""The ``veer`` command: ``run``, ``check`` and ``demo``.
+"""The ``veer`` command: run the proxy, and operate a running one through its admin API.
 
-Exit codes: 0 success, 2 bad config or usage.
+Proxy commands: ``run``, ``check`` (exit 2 on a bad config) and ``demo``.
+
+Operator commands, each a client of the admin API (``admin.client``)::
+
+    veer status                       rollout, phase, gates, weights, per-variant numbers
+    veer weights                      the current weights
+    veer weights set --new 12.5       set them by hand (also --original 90 --new 10)
+    veer advance|approve|promote|pause|resume|abort [--reason TEXT]
+    veer rollback [--reason TEXT] [--gradual [--stages 75,50,25,0] [--interval 10s]
+                                   | --users u1,u2]
+    veer events [--kind K] [--actor A] [--limit N]
+    veer watch [--interval 1] [--count N]
+
+Every operator command takes ``--admin URL`` (default ``$VEER_ADMIN`` or
+http://127.0.0.1:9901), ``--token-file PATH`` (default: the token in
+``$VEER_ADMIN_TOKEN``), ``--actor NAME`` (recorded in events; default ``$USER``
+or ``cli``), ``--json`` (the API's JSON instead of tables) and ``--timeout
+SECONDS`` (default 5). Reading needs no token; changing does.
+
+Exit codes a script can rely on:
+
+0  success
+1  the API refused the request (409 conflict, 422 invalid, 404, ...);
+   stderr says ``veer: <error>: <detail>``
+2  usage error (bad options, bad --admin URL, unreadable --token-file)
+3  the admin API cannot be reached (connection refused, timeout, DNS); stderr names the URL
+4  unauthorized (401: missing or wrong token); stderr says to set VEER_ADMIN_TOKEN
+5  the admin API failed (5xx, or an answer that is not JSON)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from proxy import config as config_mod
+from admin import client as api
+from admin.client import AdminClient, ClientError, UsageError
+
+if TYPE_CHECKING:
+    from proxy import config as config_mod
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  the API refused the request (409 conflict, 422 invalid, 404, ...)
+  2  usage error
+  3  cannot reach the admin API (connection refused, timeout, DNS)
+  4  unauthorized: missing or wrong token (set VEER_ADMIN_TOKEN)
+  5  the admin API failed (5xx)"""
+ACTIONS = {
+    "advance": "move to the next phase now, skipping duration and gates",
+    "approve": "approve leaving the current phase (when it requires approval)",
+    "promote": "straight to 100% on new, rollout complete",
+    "pause": "stop advancing (breaches still roll back)",
+    "resume": "continue after a pause or an alert",
+    "abort": "give the rollout up: everyone back to original",
+}
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 
+# -- proxy commands ---------------------------------------------------------------
 def _load(path: str) -> config_mod.Config:
+    from proxy import config as config_mod
+
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as exc:
@@ -43,9 +100,221 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     degrade_at=args.degrade_at)
 
 
+# -- operator commands ------------------------------------------------------------
+def make_client(args: argparse.Namespace) -> AdminClient:
+    """The admin client the global options describe (flags, then environment, then defaults)."""
+    url = getattr(args, "admin", None) or os.environ.get(api.URL_ENV) or api.DEFAULT_URL
+    token_file = getattr(args, "token_file", None)
+    if token_file:
+        try:
+            token: str | None = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise UsageError(f"--token-file {token_file} is empty")
+    else:
+        token = os.environ.get(api.TOKEN_ENV, "").strip() or None
+    actor = getattr(args, "actor", None)
+    if actor is None:
+        actor = os.environ.get("USER", "").strip()
+        if not (actor and actor.isascii() and actor.isprintable()):
+            actor = "cli"
+    elif not actor.strip():
+        raise UsageError("--actor must not be empty")
+    return AdminClient(url, token, actor.strip()[:64], getattr(args, "timeout", 5.0))
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def _emit(args: argparse.Namespace, answer: dict[str, Any],
+          render: Callable[[dict[str, Any]], str]) -> int:
+    print(json.dumps(answer, indent=2) if _wants_json(args) else render(answer))
+    return api.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the rollout, its gates, the weights and each variant's numbers."""
+    return _emit(args, make_client(args).status(), api.render_status)
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Show the weights, or set them (``weights set``)."""
+    c = make_client(args)
+    if args.weights_command != "set":
+        return _emit(args, c.weights(), api.render_weights)
+    if args.new is None and args.original is None:
+        raise UsageError("weights set: give --new PERCENT and/or --original PERCENT")
+    return _emit(args, c.set_weights(new=args.new, original=args.original), api.render_mutation)
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    """advance, approve, promote, pause, resume or abort."""
+    return _emit(args, make_client(args).action(args.command, args.reason),
+                 api.render_mutation)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Immediate, gradual or targeted rollback."""
+    if not args.gradual and (args.stages is not None or args.interval is not None):
+        raise UsageError("rollback: --stages and --interval need --gradual")
+    c = make_client(args)
+    if args.users is not None:
+        answer = c.rollback(args.reason, "targeted", users=args.users)
+    elif args.gradual:
+        stages = None if args.stages is None else [s / 100 for s in args.stages]
+        answer = c.rollback(args.reason, "gradual", stages=stages, interval=args.interval)
+    else:
+        answer = c.rollback(args.reason)
+    return _emit(args, answer, api.render_mutation)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Events newest first, optionally filtered."""
+    return _emit(args, make_client(args).events(args.kind, args.filter_actor, args.limit),
+                 api.render_events)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Reprint the status every ``--interval`` seconds until Ctrl-C (or ``--count`` times).
+
+    A failed refresh is shown in place and retried; the exit code is that of the
+    last refresh when ``--count`` ends the watch, 0 on Ctrl-C.
+    """
+    c = make_client(args)
+    code, shown = api.OK, 0
+    try:
+        while True:
+            try:
+                answer: dict[str, Any] | None = c.status()
+                code, problem = api.OK, ""
+            except ClientError as exc:
+                answer, code, problem = None, exc.exit_code, f"veer: {exc}"
+            shown += 1
+            if _wants_json(args):
+                print(json.dumps(answer if answer is not None else
+                                 {"error": problem, "exit_code": code}), flush=True)
+            else:
+                head = (f"veer watch  {c.url}  every {args.interval:g}s  {api.when(time.time())}"
+                        "  (Ctrl-C to stop)")
+                body = api.render_status(answer) if answer is not None else problem
+                sys.stdout.write(f"{CLEAR}{head}\n\n{body}\n")
+                sys.stdout.flush()
+            if args.count is not None and shown >= args.count:
+                return code
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print()
+        return api.OK
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a ``ClientError`` into ``veer: <message>`` on stderr and its exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ClientError as exc:
+            print(f"veer: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return 130
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+# -- argument types -----------------------------------------------------------------
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percent, e.g. 12.5") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in 0..100")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    from proxy.units import parse_duration  # the config's duration syntax: 250ms, 10s, 2m
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _stages(text: str) -> list[float]:
+    try:
+        stages = [float(s.strip().removesuffix("%")) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated percents, e.g. "
+                                         "75,50,25,0") from None
+    if not all(0 <= s <= 100 for s in stages) or stages[-1] != 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: percents of the weight, 0..100, "
+                                         "ending in 0")
+    return stages
+
+
+def _users(text: str) -> list[str]:
+    users = [u.strip() for u in text.split(",") if u.strip()]
+    if not users:
+        raise argparse.ArgumentTypeError("give at least one user id, e.g. u1,u2")
+    return users
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1..500")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+# -- the parser -----------------------------------------------------------------------
+def _admin_options(actor: bool = True) -> argparse.ArgumentParser:
+    """The options every operator command takes (absent unless given, so nesting is safe).
+
+    ``events`` leaves out ``--actor``: there it filters, and reading records no actor.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("admin API options")
+    g.add_argument("--admin", metavar="URL", default=argparse.SUPPRESS,
+                   help=f"admin API base URL (default: ${api.URL_ENV} or {api.DEFAULT_URL})")
+    g.add_argument("--token-file", metavar="PATH", default=argparse.SUPPRESS,
+                   help=f"read the bearer token from PATH (default: ${api.TOKEN_ENV})")
+    if actor:
+        g.add_argument("--actor", metavar="NAME", default=argparse.SUPPRESS,
+                       help="who you are, recorded in events (default: $USER or cli)")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the API's JSON instead of tables")
+    g.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
+                   default=argparse.SUPPRESS, help="per request (default: 5)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="veer", description="progressive-delivery reverse proxy")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The whole ``veer`` command line."""
+    p = argparse.ArgumentParser(prog="veer", description="progressive-delivery reverse proxy",
+                                epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", required=True, help="YAML config file")
     run.set_defaults(func=cmd_run)
@@ -60,6 +329,63 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--degrade-at", type=float, default=32.0,
                       help="second at which the new backend degrades (0 = never)")
     demo.set_defaults(func=cmd_demo)
+
+    common = _admin_options()
+
+    def admin_command(name: str, help_: str,
+                      parent: argparse.ArgumentParser = common) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_.replace("%", "%%"), description=help_,
+                              parents=[parent],
+                              epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    status = admin_command("status", "the rollout, its gates, the weights and the numbers")
+    status.set_defaults(func=_guarded(cmd_status))
+
+    weights = admin_command("weights", "show the weights; 'weights set' changes them")
+    wsub = weights.add_subparsers(dest="weights_command", metavar="[set]")
+    wset = wsub.add_parser("set", parents=[common], epilog=EXIT_CODES,
+                           help="set the weights by hand (pauses a running plan)",
+                           description="Set the weights by hand; a running plan is paused so "
+                                       "the controller does not undo it.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    wset.add_argument("--new", type=_percent, metavar="PERCENT", help="percent on new")
+    wset.add_argument("--original", type=_percent, metavar="PERCENT",
+                      help="percent on original (with --new, the two must add up to 100)")
+    weights.set_defaults(func=_guarded(cmd_weights), new=None, original=None)
+
+    for action, help_ in ACTIONS.items():
+        a = admin_command(action, help_)
+        a.add_argument("--reason", metavar="TEXT", help="why (recorded for pause and abort)")
+        a.set_defaults(func=_guarded(cmd_action))
+
+    rb = admin_command("rollback", "roll back: immediately (default), gradually, or for "
+                                   "some users only")
+    rb.add_argument("--reason", metavar="TEXT", help="why, recorded in the event")
+    mode = rb.add_mutually_exclusive_group()
+    mode.add_argument("--gradual", action="store_true",
+                      help="step the weight down over time instead of to 0 at once")
+    mode.add_argument("--users", type=_users, metavar="U1,U2",
+                      help="targeted: send only these users back to original")
+    rb.add_argument("--stages", type=_stages, metavar="P1,P2,...",
+                    help="with --gradual: percents of the current weight to step through, "
+                         "ending in 0 (default: the rollout's, e.g. 75,50,25,0)")
+    rb.add_argument("--interval", type=_positive_seconds, metavar="DURATION",
+                    help="with --gradual: time between steps, e.g. 10s")
+    rb.set_defaults(func=_guarded(cmd_rollback))
+
+    ev = admin_command("events", "rollout events, newest first", _admin_options(actor=False))
+    ev.add_argument("--kind", metavar="K", help="only this kind (advance, rollback, pause, ...)")
+    ev.add_argument("--actor", dest="filter_actor", metavar="A",
+                    help="only events by this actor (controller, or an operator)")
+    ev.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N (1..500)")
+    ev.set_defaults(func=_guarded(cmd_events))
+
+    w = admin_command("watch", "reprint the status until Ctrl-C")
+    w.add_argument("--interval", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                   help="between refreshes (default: 1)")
+    w.add_argument("--count", type=_count, metavar="N", help="stop after N refreshes")
+    w.set_defaults(func=_guarded(cmd_watch))
     return p
 
 

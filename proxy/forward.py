@@ -12,6 +12,7 @@ retried once the response has started.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from proxy import h1
@@ -353,7 +354,7 @@ class Exchange:
         """Latency is arrival at veer to the end of the response (or of the failure)."""
         if not self.rt.recording:
             return
-        now = self.rt.loop.time()
+        now = time.monotonic()  # the clock req.arrival was read from (see inbound)
         c = self.rt.recorder.variants[self.variant]
         status = self.status if 100 <= self.status < 600 else 0
         c.record(status, int((now - self.req.arrival) * 1_000_000), self.failed, now)

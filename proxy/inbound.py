@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -124,7 +125,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
-        self._req = Request(self.loop.time())
+        # time.monotonic, not loop.time: uvloop's loop clock has millisecond steps (libuv's
+        # uv_now), too coarse for latency. Both read CLOCK_MONOTONIC, so deadlines that
+        # compare the two stay right to a millisecond.
+        self._req = Request(time.monotonic())
         self._in_headers = True
         self._connection_values = []
 

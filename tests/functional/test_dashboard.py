@@ -1,0 +1,145 @@
+"""The dashboard in headless Chromium: live numbers from a live veer, and a rollback by click."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from admin.api import AdminServer
+from admin.backend import Backend
+from proxy.state import Status
+from tests.functional.conftest import StartVeer
+from tests.functional.test_rollout import rollout_config, status, traffic, wait_for
+from tests.sysdeps import require_binary
+
+if TYPE_CHECKING:
+    from playwright.async_api import ConsoleMessage, Dialog, Error, Page
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TOKEN = "t0ken"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PLAN = [{"name": "canary", "weight": 50, "duration": "1h",
+         "gates": {"max_error_rate": "5%", "min_requests": 50}},
+        {"name": "full", "weight": 100}]
+
+
+def require_playwright() -> None:
+    """Skip without the playwright package (fail in CI, which installs it)."""
+    if importlib.util.find_spec("playwright") is not None:
+        return
+    reason = "the playwright package is not installed; pip install -e '.[test]'"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (.ci/run should have installed it)")
+    pytest.skip(reason)
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll the async ``probe`` until it holds or ``timeout`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await probe():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def text(page: Page, selector: str) -> str:
+    return (await page.text_content(selector) or "").strip()
+
+
+async def test_dashboard_shows_live_rollout_and_rolls_back(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    chromium = require_binary("chromium", "apt-get install chromium")
+    require_playwright()
+    from playwright.async_api import async_playwright, expect
+
+    server = await start_veer(rollout_config(backends, PLAN, admin={"listen": "127.0.0.1:0"}))
+    admin = AdminServer(server.rt, token=TOKEN)
+    await admin.start()
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    dialogs: list[tuple[str, str]] = []
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            problems.append(f"console: {msg.text}")
+
+    def on_page_error(exc: Error) -> None:
+        problems.append(f"page error: {exc}")
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append((dialog.type, dialog.message))
+        if dialog.type == "prompt":
+            await dialog.accept(TOKEN)
+        else:
+            await dialog.accept()
+
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+                page.on("console", on_console)
+                page.on("pageerror", on_page_error)
+                page.on("dialog", on_dialog)
+                await page.goto(f"http://127.0.0.1:{admin.port}/ui")
+                await expect(page.locator("#rollout-name")).to_have_text("test", timeout=5000)
+                await expect(page.locator("#status")).to_have_text("progressing")
+                await expect(page.locator("#weight-new")).to_have_text("50.0%")
+                await expect(page.locator("#weight-original")).to_have_text("50.0%")
+                await expect(page.locator("#phase")).to_have_text("canary")
+
+                async with traffic(server.port, workers=4) as counts:
+                    first = await text(page, "#rate-new")
+
+                    async def rate_moved() -> bool:
+                        now = await text(page, "#rate-new")
+                        return now != first and float(now) > 0
+
+                    await eventually(rate_moved, 10, "#rate-new to change under traffic")
+                    assert float(await text(page, "#rate-original")) > 0
+                    # the error-rate gate passes once enough healthy requests reach new
+                    await expect(page.locator("#gates tr[data-gate=error_rate]")).to_contain_text(
+                        "pass", timeout=10_000)
+                    await expect(page.locator("#p99-new")).to_contain_text("ms")
+
+                    async def charted() -> bool:  # a few seconds of samples to draw
+                        points = await page.get_attribute("#chart-latency", "data-points")
+                        return int(points or 0) >= 8
+
+                    await eventually(charted, 15, "eight samples in the charts")
+                    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True,
+                                          animations="disabled")
+
+                    await page.click("#btn-rollback")
+                    await wait_for(lambda: server.rt.new_weight_bp == 0, 10,
+                                   "veer's weight to drop to 0 after the click")
+                    assert counts.get("new:200", 0) > 0
+                assert status(server) is Status.ROLLED_BACK
+                assert [kind for kind, _ in dialogs] == ["prompt", "confirm"]
+                assert "roll back" in dialogs[1][1].lower()
+                await expect(page.locator("#weight-new")).to_have_text("0.0%", timeout=5000)
+                await expect(page.locator("#weight-original")).to_have_text("100.0%")
+                await expect(page.locator("#status")).to_have_text("rolled-back")
+                first_event = page.locator("#events tbody tr").first
+                await expect(first_event).to_contain_text("rollback", timeout=5000)
+                await expect(first_event).to_contain_text("dashboard")
+                await expect(page.locator("#btn-rollback")).to_be_disabled()
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-rolled-back.png"),
+                                      full_page=True, animations="disabled")
+            finally:
+                await browser.close()
+    finally:
+        await admin.stop()
+    assert server.rollout is not None
+    event = server.rollout.controller.state.events[-1]
+    assert (event.kind, event.actor, event.reason) == ("rollback", "admin", "dashboard")
+    assert problems == []
