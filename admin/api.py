@@ -25,8 +25,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from admin import views
 from admin.metrics import build_registry, render
 from admin.openapi import SPEC
-from proxy.config import Admin, is_loopback
+from proxy.config import Admin, ConfigError, is_loopback
 from proxy.controller import ActionError
+from proxy.reload import ReloadError, reload
 from proxy.routing import ORIGINAL
 from proxy.runtime import Runtime
 from proxy.state import Event
@@ -96,7 +97,8 @@ def _authorise(request: web.Request) -> str:
                        "VEER_ADMIN_TOKEN or admin.token_file); mutations are disabled")
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    # surrogateescape: a header with non-UTF-8 bytes (decoded that way) is a wrong token, not a 500
+    if not hmac.compare_digest(given.encode(errors="surrogateescape"), token.encode()):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
     actor = request.headers.get("X-Veer-Actor", "admin").strip()[:64]
     return actor if actor.isprintable() and actor else "admin"
@@ -292,6 +294,28 @@ async def post_rollback(request: web.Request) -> web.Response:
     return _events_out(_runner(request).act("rollback", actor, **kwargs), request)
 
 
+async def post_reload(request: web.Request) -> web.Response:
+    """Re-read the config file: 200 with what changed, 422 invalid (old config kept), 409
+    a change that needs a restart."""
+    actor = _authorise(request)
+    await _body(request)
+    rt = request.app[RUNTIME]
+    try:
+        changed = reload(rt)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid config",
+                       f"{exc}; still running the previous config") from None
+    except ReloadError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    event = Event(time.time(), "reload", "", rt.config.source, ", ".join(changed) or "no changes",
+                  actor)
+    if rt.rollout is not None:
+        rt.rollout.controller.state.events.append(event)
+    else:
+        request.app[EVENTS].append(event)
+    return web.json_response({"reloaded": True, "changed": changed, "config": rt.config.source})
+
+
 def build_app(rt: Runtime, token: str | None) -> web.Application:
     """The admin application for one runtime."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
@@ -313,6 +337,7 @@ def build_app(rt: Runtime, token: str | None) -> web.Application:
     r.add_get("/openapi.json", get_openapi)
     r.add_get("/ui", get_ui)
     r.add_post("/rollout/rollback", post_rollback)
+    r.add_post("/reload", post_reload)
     r.add_post("/rollout/{action}", post_action)
     return app
 

@@ -7,14 +7,17 @@ the data plane (readiness turns 503 at once), then stops both and exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import sys
 
 import uvloop
 
 from admin.api import AdminServer
-from proxy.config import Config
+from proxy.config import Config, ConfigError
+from proxy.reload import ReloadError, reload
 from proxy.server import ProxyServer
 from proxy.state import StateError
 
@@ -35,6 +38,7 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, proxy)
     log.info("veer listening on %s, admin on %s (new weight %.2f%%)", config.listen,
              config.admin.listen, config.new_weight_bp / 100)
     try:
@@ -50,10 +54,30 @@ async def serve(config: Config) -> int:
     return 0
 
 
+def _reload(proxy: ProxyServer) -> None:
+    """SIGHUP: re-read the config file; a bad one is reported and the old config kept."""
+    try:
+        changed = reload(proxy.rt)
+    except (ConfigError, ReloadError) as exc:
+        log.error("reload refused, still running the previous config: %s", exc)
+        return
+    log.info("reloaded %s: %s", proxy.rt.config.source, ", ".join(changed) or "no changes")
+
+
+def _raise_fd_limit() -> None:
+    """Each proxied connection holds two sockets; the default soft limit (1024) would cap
+    veer near 500 clients, so take the hard limit the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(config: Config) -> int:
     """Process entry point: uvloop, logs to stderr."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_fd_limit()
     try:
         return uvloop.run(serve(config))
     except (OSError, StateError, RuntimeError) as exc:  # port taken, state refused, ...

@@ -109,6 +109,15 @@ SPEC: dict[str, Any] = {
                            "users": {"type": "array", "items": {"type": "string"}}}})},
         **{f"/rollout/{action}": {"post": _mutation(f"Rollout action: {action}", REASON)}
            for action in ("advance", "approve", "promote", "pause", "resume", "abort")},
+        "/reload": {"post": {
+            "summary": "Re-read the config file (a bad one is refused, the old config kept)",
+            "security": [{"bearer": []}],
+            "responses": {**_ok({"type": "object", "required": ["reloaded", "changed"],
+                                 "properties": {"reloaded": {"type": "boolean"},
+                                                "changed": {"type": "array",
+                                                            "items": {"type": "string"}},
+                                                "config": {"type": "string"}}}),
+                          **_errors(400, 401, 409, 413, 415, 422)}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},
         "/readyz": {"get": {"summary": "Readiness",
                             "responses": {**_ok({"type": "object"}),

@@ -272,6 +272,7 @@ class Exchange:
         if not self.response_started and conn.served > 1 and not self._body_consumed():
             self._done.set_exception(_Stale())
             return
+        self._unhealthy(conn)
         if self.response_started:
             self.failed = True
             self.rt.recorder.variants[self.variant].errors[kind] += 1
@@ -290,7 +291,9 @@ class Exchange:
         if self.phase == _WAITING and t.first_byte and now - self.sent_at > t.first_byte:
             kind = "no response within the first-byte timeout"
         elif self.phase == _SENDING and t.idle and now - self.client.last_activity > t.idle:
-            kind = "request body idle timeout"
+            # The client stopped sending its body: its fault (408), not the upstream's.
+            self.abort(ProxyError(408, "client", "request body not received in time"))
+            return
         elif self.phase == _RECEIVING and t.idle and self.conn is not None \
                 and now - self.conn.last_activity > t.idle:
             kind = "upstream idle timeout"
@@ -313,7 +316,12 @@ class Exchange:
             conn.endpoint.outstanding -= 1
             conn.sink = None
             conn.abort()
+            if err is not None and err.kind == "timeout":
+                self._unhealthy(conn)
         self.close_client = True
+        body = self.req.body
+        if body is not None and not body.complete:
+            body.abort()  # wake a send loop waiting for body bytes that will not come
         if err is not None and not self.response_started:
             self._done.set_exception(err)
             return
@@ -330,6 +338,10 @@ class Exchange:
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
         self.client.write(h1.error_response(err.status, err.cause))
+
+    def _unhealthy(self, conn: UpstreamConnection) -> None:
+        """A reset, a protocol error or a timeout counts against the endpoint's health."""
+        self.rt.balancers[self.variant].report_failure(conn.endpoint, self.rt.loop.time())
 
     def _release(self, conn: UpstreamConnection, keep: bool) -> None:
         self.conn = None

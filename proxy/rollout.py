@@ -133,11 +133,16 @@ class RolloutRunner:
         events: list[Event] = method(self.clock(), actor, **kwargs)
         return self._after(events)
 
-    def _after(self, events: list[Event]) -> list[Event]:
+    def apply(self) -> None:
+        """Put the controller's weight and cohorts on the router (the next request sees them)."""
         c = self.controller
         allow_users, allow_groups = c.allowed()
         self.rt.router.set_overrides(allow_users, allow_groups, frozenset(c.state.deny_users))
         self.rt.set_weight(c.weight_bp)
+
+    def _after(self, events: list[Event]) -> list[Event]:
+        c = self.controller
+        self.apply()
         if c.dirty:
             self.store.save(c.state)
             c.dirty = False
