@@ -5,16 +5,12 @@ GET never changes anything. Every mutation is a POST or PUT with
 ``Authorization: Bearer <token>`` (compared in constant time), a JSON body
 of bounded size checked against its schema, and becomes an event naming its
 actor. Errors are JSON ``{"error", "detail"}`` with 400/401/404/409/422/413,
-turned into responses in one place (``_errors``).
+turned into responses in one place (``admin.requests.errors``).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +21,18 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from admin import views
 from admin.metrics import build_registry, render
 from admin.openapi import SPEC
-from proxy.config import Admin, ConfigError, is_loopback
-from proxy.controller import ActionError
+from admin.requests import (
+    MAX_BODY,
+    TOKEN,
+    ApiError,
+    authorise,
+    errors,
+    field,
+    load_token,
+    only,
+    read_body,
+)
+from proxy.config import ConfigError, is_loopback
 from proxy.reload import ReloadError, reload
 from proxy.routing import ORIGINAL
 from proxy.runtime import Runtime
@@ -35,109 +41,10 @@ from proxy.units import parse_duration, parse_percent_bp
 
 RUNTIME = web.AppKey("runtime", Runtime)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
-TOKEN = web.AppKey("token", str)
 EVENTS = web.AppKey("events", list)  # manual-weight events when there is no rollout
 STARTED = web.AppKey("started", float)
-MAX_BODY = 16 * 1024
 UI = Path(__file__).with_name("ui") / "index.html"
 ACTIONS = ("advance", "approve", "promote", "pause", "resume", "abort")
-
-
-class ApiError(Exception):
-    """An error answered as JSON with ``status``."""
-
-    def __init__(self, status: int, error: str, detail: str = "") -> None:
-        super().__init__(error)
-        self.status, self.error, self.detail = status, error, detail
-
-
-def load_token(cfg: Admin) -> str | None:
-    """The admin token: ``VEER_ADMIN_TOKEN``, else ``admin.token_file``; None if neither."""
-    token = os.environ.get("VEER_ADMIN_TOKEN", "").strip()
-    if token:
-        return token
-    if cfg.token_file:
-        try:
-            token = Path(cfg.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise RuntimeError(f"admin.token_file {cfg.token_file}: {exc.strerror}") from None
-        if not token:
-            raise RuntimeError(f"admin.token_file {cfg.token_file} is empty")
-        return token
-    return None
-
-
-@web.middleware
-async def _errors(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                  ) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return web.json_response({"error": exc.error, "detail": exc.detail}, status=exc.status,
-                                 headers={"WWW-Authenticate": "Bearer"}
-                                 if exc.status == 401 else None)
-    except ActionError as exc:
-        return web.json_response({"error": "conflict", "detail": str(exc)}, status=409)
-    except web.HTTPRequestEntityTooLarge:
-        return web.json_response({"error": "body too large",
-                                  "detail": f"at most {MAX_BODY} bytes"}, status=413)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return web.json_response({"error": exc.reason, "detail": request.path},
-                                 status=exc.status)
-
-
-def _authorise(request: web.Request) -> str:
-    """Checks the bearer token; returns the actor for the event."""
-    token = request.app.get(TOKEN)
-    if token is None:
-        raise ApiError(401, "unauthorized", "no admin token is configured (set "
-                       "VEER_ADMIN_TOKEN or admin.token_file); mutations are disabled")
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    # surrogateescape: a header with non-UTF-8 bytes (decoded that way) is a wrong token, not a 500
-    if not hmac.compare_digest(given.encode(errors="surrogateescape"), token.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token")
-    actor = request.headers.get("X-Veer-Actor", "admin").strip()[:64]
-    return actor if actor.isprintable() and actor else "admin"
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported media type", "send application/json")
-    raw = await request.read()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "body too large", f"at most {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise ApiError(400, "bad json", str(exc)) from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid body", "expected a JSON object")
-    return body
-
-
-def _field(body: dict[str, Any], key: str, kinds: tuple[type, ...], default: Any = None,
-           required: bool = False) -> Any:
-    if key not in body:
-        if required:
-            raise ApiError(422, "invalid body", f"{key} is required")
-        return default
-    value = body[key]
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = "/".join(k.__name__ for k in kinds)
-        raise ApiError(422, "invalid body", f"{key} must be {names}")
-    return value
-
-
-def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    extra = sorted(set(body) - set(allowed))
-    if extra:
-        raise ApiError(422, "invalid body", f"unknown field(s) {extra}; allowed {list(allowed)}")
 
 
 def _runner(request: web.Request) -> Any:
@@ -220,14 +127,14 @@ async def readyz(request: web.Request) -> web.Response:
 # -- mutate ---------------------------------------------------------------------
 async def put_weights(request: web.Request) -> web.Response:
     """``{"new": 12.5}`` or ``{"original": 90, "new": 10}``; pauses a running plan."""
-    actor = _authorise(request)
-    body = await _body(request)
-    _only(body, ("new", "original"))
+    actor = authorise(request)
+    body = await read_body(request)
+    only(body, ("new", "original"))
     if "new" not in body and "original" not in body:
         raise ApiError(422, "invalid body", "give new (percent) and/or original")
     try:
-        new_bp = parse_percent_bp(_field(body, "new", (int, float))) if "new" in body else None
-        orig_bp = (parse_percent_bp(_field(body, "original", (int, float)))
+        new_bp = parse_percent_bp(field(body, "new", (int, float))) if "new" in body else None
+        orig_bp = (parse_percent_bp(field(body, "original", (int, float)))
                    if "original" in body else None)
     except ValueError:
         raise ApiError(422, "invalid body", "weights are percents 0..100, two decimals") from None
@@ -252,10 +159,10 @@ async def post_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ACTIONS:
         raise ApiError(404, "not found", f"unknown action {action!r}")
-    actor = _authorise(request)
-    body = await _body(request)
-    _only(body, ("reason",))
-    reason = _field(body, "reason", (str,))
+    actor = authorise(request)
+    body = await read_body(request)
+    only(body, ("reason",))
+    reason = field(body, "reason", (str,))
     runner = _runner(request)
     kwargs = {"reason": reason[:500]} if reason and action in ("pause", "abort") else {}
     return _events_out(runner.act(action, actor, **kwargs), request)
@@ -263,30 +170,30 @@ async def post_action(request: web.Request) -> web.Response:
 
 async def post_rollback(request: web.Request) -> web.Response:
     """``{"reason", "mode": "immediate"|"gradual"|"targeted", "stages", "interval", "users"}``"""
-    actor = _authorise(request)
-    body = await _body(request)
-    _only(body, ("reason", "mode", "stages", "interval", "users"))
-    reason = _field(body, "reason", (str,), "rolled back by hand")[:500]
-    mode = _field(body, "mode", (str,), "immediate")
+    actor = authorise(request)
+    body = await read_body(request)
+    only(body, ("reason", "mode", "stages", "interval", "users"))
+    reason = field(body, "reason", (str,), "rolled back by hand")[:500]
+    mode = field(body, "mode", (str,), "immediate")
     if mode not in ("immediate", "gradual", "targeted"):
         raise ApiError(422, "invalid body", "mode must be immediate, gradual or targeted")
     kwargs: dict[str, Any] = {"reason": reason, "mode": mode}
     if mode == "gradual":
-        stages = _field(body, "stages", (list,))
+        stages = field(body, "stages", (list,))
         if stages is not None:
             if not stages or not all(isinstance(s, int | float) and not isinstance(s, bool)
                                      and 0 <= s <= 1 for s in stages) or stages[-1] != 0:
                 raise ApiError(422, "invalid body",
                                "stages are fractions of the weight, 0..1, ending in 0")
             kwargs["stages"] = tuple(float(s) for s in stages)
-        interval = _field(body, "interval", (int, float, str))
+        interval = field(body, "interval", (int, float, str))
         if interval is not None:
             try:
                 kwargs["interval"] = parse_duration(interval)
             except ValueError:
                 raise ApiError(422, "invalid body", "interval is a duration, e.g. 10s") from None
     if mode == "targeted":
-        users = _field(body, "users", (list,), required=True)
+        users = field(body, "users", (list,), required=True)
         if not users or len(users) > 10_000 or not all(isinstance(u, str) and u
                                                        for u in users):
             raise ApiError(422, "invalid body", "users is a non-empty list of user ids")
@@ -297,8 +204,8 @@ async def post_rollback(request: web.Request) -> web.Response:
 async def post_reload(request: web.Request) -> web.Response:
     """Re-read the config file: 200 with what changed, 422 invalid (old config kept), 409
     a change that needs a restart."""
-    actor = _authorise(request)
-    await _body(request)
+    actor = authorise(request)
+    await read_body(request)
     rt = request.app[RUNTIME]
     try:
         changed = reload(rt)
@@ -318,7 +225,7 @@ async def post_reload(request: web.Request) -> web.Response:
 
 def build_app(rt: Runtime, token: str | None) -> web.Application:
     """The admin application for one runtime."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
     app[RUNTIME] = rt
     app[REGISTRY] = build_registry(rt)
     app[EVENTS] = []
