@@ -92,7 +92,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, "body too large", f"at most {MAX_BODY} bytes")
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise ApiError(400, "bad json", str(exc)) from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid body", "expected a JSON object")

@@ -355,6 +355,8 @@ def load(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError(name, "", where, f"valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except Exception as exc:  # PyYAML's constructors leak these: 2001-02-30, !!int x, ...
+        raise ConfigError(name, "", None, f"valid YAML ({type(exc).__name__}: {exc})") from None
     return from_dict(data, name)
 
 

@@ -21,7 +21,11 @@ class ConfigError(Exception):
     def __init__(self, file: str, path: str, value: object, expected: str) -> None:
         self.file, self.path, self.value, self.expected = file, path, value, expected
         where = f"{file}: {path}" if path else file
-        super().__init__(f"{where}: got {value!r}, expected {expected}")
+        try:
+            shown = repr(value)
+        except ValueError:  # an int too long to print (YAML reads 0xfff... of any length)
+            shown = "a number too long to show"
+        super().__init__(f"{where}: got {shown}, expected {expected}")
 
 
 class Reader:

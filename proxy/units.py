@@ -31,15 +31,20 @@ def parse_duration(value: object) -> float:
     """Seconds from ``250ms``, ``30s``, ``5m``, ``2h`` or a bare number of seconds."""
     if isinstance(value, bool):
         raise ValueError(DURATION_FORM)
+    seconds = math.nan
     if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError(DURATION_FORM)
-        return float(value)
-    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError(DURATION_FORM) from None
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _DURATION_SCALE[m.group(2)]
-    raise ValueError(DURATION_FORM)
+            seconds = float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+    # Not finite: NaN, inf, or a string of digits too long for a float.
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(DURATION_FORM)
+    return seconds
 
 
 def parse_size(value: object) -> int:
@@ -86,7 +91,7 @@ def parse_rate(value: object) -> float:
             rate = float(value)
         else:
             raise ValueError(RATE_FORM)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise ValueError(RATE_FORM) from None
     if not 0.0 <= rate <= 1.0:
         raise ValueError(RATE_FORM)
