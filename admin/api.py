@@ -10,7 +10,9 @@ turned into responses in one place (``admin.requests.errors``).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 EVENTS = web.AppKey("events", list)  # manual-weight events when there is no rollout
 STARTED = web.AppKey("started", float)
+CACHE = web.AppKey("cache", dict)  # name -> (monotonic time, rendered JSON)
+CACHE_TTL = 0.25  # one controller tick
 UI = Path(__file__).with_name("ui") / "index.html"
 ACTIONS = ("advance", "approve", "promote", "pause", "resume", "abort")
 
@@ -56,14 +60,28 @@ def _runner(request: web.Request) -> Any:
 
 def _events_out(events: list[Event], request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    request.app[CACHE].clear()  # the next read shows the change
     return web.json_response({"events": [e.to_dict() for e in events],
                               "weights": views.weights(rt),
                               "status": views.rollout(rt)})
 
 
 # -- read ---------------------------------------------------------------------
+def _cached(request: web.Request, name: str, build: Callable[[], Any]) -> web.Response:
+    """Merging histograms for /status or /analysis costs milliseconds; a crowd of pollers
+    (dashboards, scripts, a flood) shares one rendering per CACHE_TTL instead of taking
+    the data plane's CPU. A mutation clears the cache."""
+    cache = request.app[CACHE]
+    now = time.monotonic()
+    hit = cache.get(name)
+    if hit is None or now - hit[0] > CACHE_TTL:
+        hit = cache[name] = (now, json.dumps(build()).encode())
+    return web.Response(body=hit[1], content_type="application/json")
+
+
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(views.status(request.app[RUNTIME], request.app[STARTED]))
+    rt, started = request.app[RUNTIME], request.app[STARTED]
+    return _cached(request, "status", lambda: views.status(rt, started))
 
 
 async def get_weights(request: web.Request) -> web.Response:
@@ -88,7 +106,8 @@ async def get_events(request: web.Request) -> web.Response:
 
 
 async def get_analysis(request: web.Request) -> web.Response:
-    return web.json_response(views.analysis_view(request.app[RUNTIME]))
+    rt = request.app[RUNTIME]
+    return _cached(request, "analysis", lambda: views.analysis_view(rt))
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -230,6 +249,7 @@ def build_app(rt: Runtime, token: str | None) -> web.Application:
     app[REGISTRY] = build_registry(rt)
     app[EVENTS] = []
     app[STARTED] = time.time()
+    app[CACHE] = {}
     if token is not None:
         app[TOKEN] = token
     r = app.router
@@ -276,7 +296,10 @@ class AdminServer:
                                "token is configured (VEER_ADMIN_TOKEN or admin.token_file)")
         await self.runner.setup()
         try:
-            await web.TCPSite(self.runner, listen.host, listen.port).start()
+            # aiohttp's default backlog (128) drops the SYNs of a burst of connections
+            # (dashboards, scrapers, scripts), each then waiting a 1 s retransmit; take the
+            # data plane's.
+            await web.TCPSite(self.runner, listen.host, listen.port, backlog=4096).start()
         except BaseException:
             await self.runner.cleanup()
             raise
