@@ -18,12 +18,13 @@ from proxy.config import Address, Health
 class Endpoint:
     """One backend address with its live counters and health."""
 
-    __slots__ = ("address", "connects", "ejected_until", "ejections", "failures", "idle",
-                 "label", "outstanding", "total")
+    __slots__ = ("address", "authority", "connects", "ejected_until", "ejections", "failures",
+                 "idle", "label", "outstanding", "total")
 
     def __init__(self, address: Address) -> None:
         self.address = address
         self.label = f"http://{address}"
+        self.authority = str(address).encode()  # Host for clients that sent none
         self.outstanding = 0
         self.total = 0
         self.connects = 0  # new upstream connections opened (keep-alive reuse shows here)

@@ -114,7 +114,7 @@ class Exchange:
                 return
             try:
                 head = request_head(self.req, self.client.peer_ip.encode(),
-                                    str(conn.endpoint.address).encode())
+                                    conn.endpoint.authority)
                 await self._send(conn, head)
                 await self._done
                 return
@@ -125,9 +125,9 @@ class Exchange:
     async def _acquire(self) -> UpstreamConnection:
         """A connection for this request, retrying and failing over on connect errors."""
         rt = self.rt
-        tried: list[Endpoint] = []
+        tried: list[Endpoint] = []  # allocated once; usually stays empty
         variant = self.variant
-        last_error = ProxyError(503, "no_healthy", f"no healthy upstream ({variant})")
+        last_error: ProxyError | None = None  # built only on the failure path
         while True:
             balancer = rt.balancers[variant]
             attempts = 1 + rt.config.connect_retries
@@ -152,8 +152,10 @@ class Exchange:
                 return self._bind(conn, variant)
             failover = rt.config.new.failover if variant != ORIGINAL else None
             if failover is None:
-                if last_error.kind == "no_healthy":
+                if last_error is None:
                     rt.recorder.variants[variant].errors["no_healthy"] += 1
+                    last_error = ProxyError(503, "no_healthy",
+                                            f"no healthy upstream ({variant})")
                 raise last_error
             variant = ORIGINAL
             tried = []
