@@ -19,7 +19,6 @@ plain-text tables the commands print.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import urllib.error
 import urllib.parse
@@ -28,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from http.client import HTTPException
 from typing import Any
+
+from proxy.net import is_loopback
 
 OK = 0
 REFUSED = 1
@@ -100,15 +101,6 @@ def normalise_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _header_safe(value: str, what: str) -> str:
     if not value.isascii() or not value.isprintable():
         raise UsageError(f"{what} must be printable ASCII")
@@ -126,7 +118,7 @@ class AdminClient:
         self.timeout = timeout
         host = urllib.parse.urlsplit(self.url).hostname or ""
         # A proxy cannot reach this machine's loopback, so never send loopback through one.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(host) else []
         self._opener = urllib.request.build_opener(*handlers)
 
     # -- reading -----------------------------------------------------------

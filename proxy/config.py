@@ -8,7 +8,6 @@ other than the upstream endpoints has a safe default.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from proxy.confread import (
 from proxy.confread import (
     ConfigError as ConfigError,  # re-exported: callers catch it from here
 )
+from proxy.net import is_loopback as is_loopback  # re-exported
 from proxy.plan import Rollout, StateConfig, describe, read_rollout, read_state
 from proxy.units import parse_duration, parse_percent_bp
 
@@ -358,13 +358,3 @@ def load(path: str | Path) -> Config:
     except Exception as exc:  # PyYAML's constructors leak these: 2001-02-30, !!int x, ...
         raise ConfigError(name, "", None, f"valid YAML ({type(exc).__name__}: {exc})") from None
     return from_dict(data, name)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
