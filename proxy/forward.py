@@ -82,7 +82,9 @@ class Exchange:
     # -- the exchange ---------------------------------------------------------
     async def run(self) -> None:
         rt, req = self.rt, self.req
-        decision = rt.router.route(req.captured, req.query, self.client.peer_ip, rt.new_weight_bp)
+        router = rt.router
+        query = req.query if router.needs_query else b""
+        decision = router.route(req.captured, query, self.client.peer_ip, rt.new_weight_bp)
         self.decision = decision
         self.variant = decision.variant
         counters = rt.recorder.variants[decision.variant]

@@ -67,6 +67,8 @@ class Router:
         self._new_uid = new_uid
         self._force_header = cfg.force_header.lower().encode() if cfg.force_enabled else None
         self._needs_query = any(s.kind == "query" for s in cfg.user_key + cfg.group_key)
+        #: Whether ``route`` reads the query string (callers may skip splitting it out).
+        self.needs_query = self._needs_query
         self.set_overrides()
         names = {s.name.lower().encode() for s in cfg.user_key + cfg.group_key
                  if s.kind == "header"}
@@ -87,6 +89,10 @@ class Router:
         self.deny_users = cfg.deny.users | deny_users
         self.deny_groups = cfg.deny.groups
         self._has_groups = bool(self.allow_groups or self.deny_groups)
+        first = cfg.user_key[0] if cfg.user_key else None
+        fast = (first is not None and first.kind == "header" and not self._has_groups
+                and self._force_header is None)
+        self._fast_header = first.name.lower().encode() if fast and first else None
 
     def _lookup(
         self, sources: tuple[KeySource, ...], headers: Mapping[bytes, bytes],
@@ -112,6 +118,17 @@ class Router:
         ``headers`` maps lower-case names (those in ``header_names``) to values.
         """
         cfg = self.cfg
+        if self._fast_header is not None:
+            # The common case, kept cheap: the first key source is a header that is present,
+            # and neither force nor groups are in play; no cookie or query parsing.
+            raw = headers.get(self._fast_header)
+            key = raw.decode("latin-1").strip() if raw else ""
+            if key:
+                if key in self.allow_users:
+                    return Decision(NEW, "allow", key)
+                if key in self.deny_users:
+                    return Decision(ORIGINAL, "deny", key)
+                return Decision(choose(bucket(cfg.salt, key), new_weight_bp), "weight", key)
         cookies = parse_cookies(headers.get(b"cookie"))
         qs = dict(parse_qsl(query.decode("latin-1"))) if self._needs_query and query else {}
         user = self._lookup(cfg.user_key, headers, cookies, qs)
