@@ -50,6 +50,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = rt.loop
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.peer_ip_bytes = b""  # for X-Forwarded-For, encoded once per connection
         self.upstream: UpstreamConnection | None = None  # for flow control of the response
         self.tunnel: asyncio.Transport | None = None  # raw piping after a 101
         self.closed = False
@@ -75,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        self.peer_ip_bytes = self.peer_ip.encode()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -223,10 +225,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- exchanges ------------------------------------------------------------
     def _start(self, req: Request) -> None:
+        if self.closed:
+            return  # an earlier exchange closed the connection; the rest is not answered
         if req.expect_continue and req.body is not None and not req.body.complete:
             self.write(CONTINUE)
         self._active = ex = Exchange(self.rt, self, req)
-        self.loop.create_task(ex.run())
+        ex.start()  # may finish (and call finished) before it returns
 
     def finished(self, ex: Exchange, reusable: bool) -> None:
         """Called by the exchange when its response is fully written (or failed)."""
