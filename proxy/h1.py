@@ -18,6 +18,9 @@ HOP_BY_HOP: Final = frozenset({
 FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 # Headers veer sets itself on the request to the upstream.
 FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Request headers never copied upstream, as they are: the parser keeps them out of the
+# forwarded list (reading what it needs from them), so names are lower-cased only once.
+REQUEST_NOT_FORWARDED: Final = HOP_BY_HOP | FRAMING | FORWARDED | {b"expect"}
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 

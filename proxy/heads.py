@@ -14,21 +14,24 @@ from typing import NamedTuple
 from proxy import h1
 from proxy.request import Headers, Request
 
-_DROP_REQUEST = h1.HOP_BY_HOP | h1.FRAMING | h1.FORWARDED | {b"expect"}
 _DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
 
 
 def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
     """The head to send upstream for ``req`` from the client at ``peer_ip``.
 
-    ``fallback_host`` is used when an HTTP/1.0 client sent no Host (HTTP/1.1 needs one).
+    ``req.headers`` holds what the parser kept (none of ``h1.REQUEST_NOT_FORWARDED``);
+    headers the client's Connection header names are dropped here. ``fallback_host`` is
+    used when an HTTP/1.0 client sent no Host (HTTP/1.1 needs one).
     """
-    drop = _DROP_REQUEST
-    if req.connection_tokens:
-        drop = drop | set(req.connection_tokens)
     parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-    for name, value in req.headers:
-        if name.lower() not in drop:
+    if req.connection_tokens:
+        named = set(req.connection_tokens)
+        for name, value in req.headers:
+            if name.lower() not in named:
+                parts += (name, b": ", value, b"\r\n")
+    else:
+        for name, value in req.headers:
             parts += (name, b": ", value, b"\r\n")
     xff = peer_ip if req.xff is None else req.xff + b", " + peer_ip
     parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")

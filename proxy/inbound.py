@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from proxy.upstream import UpstreamConnection
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
 
 
 class Reject(Exception):
@@ -64,6 +65,8 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_tail = b""
         self._paused_for: set[str] = set()
         self._connection_values: list[bytes] = []
+        self._header_count = 0
+        self._upgrade_value = b""
         limits = rt.config.limits
         self._max_header_bytes = limits.max_header_bytes
         self._max_headers = limits.max_headers
@@ -133,6 +136,8 @@ class ClientConnection(asyncio.Protocol):
         self._req = Request(time.monotonic())
         self._in_headers = True
         self._connection_values = []
+        self._header_count = 0
+        self._upgrade_value = b""
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -146,7 +151,8 @@ class ClientConnection(asyncio.Protocol):
         req = self._req
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
-        if req.header_bytes > self._max_header_bytes or len(req.headers) >= self._max_headers:
+        self._header_count += 1
+        if req.header_bytes > self._max_header_bytes or self._header_count > self._max_headers:
             raise Reject(431, "request headers too large")
         lname = name.lower()
         if b"_" in lname:
@@ -167,11 +173,13 @@ class ClientConnection(asyncio.Protocol):
             if value.strip().lower() != b"100-continue":
                 raise Reject(417, "unsupported Expect")
             req.expect_continue = True
-            return
+        elif lname == b"upgrade":
+            self._upgrade_value = value
         if lname in self._captured_names:
             old = req.captured.get(lname)
             req.captured[lname] = value if old is None else old + b"; " + value
-        req.headers.append((name, value))
+        if lname not in NOT_FORWARDED:
+            req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -196,9 +204,7 @@ class ClientConnection(asyncio.Protocol):
         if self._connection_values:
             req.connection_tokens = list(h1.connection_tokens(self._connection_values))
         if parser.should_upgrade():
-            for name, value in req.headers:
-                if name.lower() == b"upgrade":
-                    req.upgrade = value
+            req.upgrade = self._upgrade_value
         if req.chunked or (req.content_length or 0) > 0:
             req.body = Body(self._pause_body, self._resume_body)
         if self._active is None and not self._queue:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy import h1
 from proxy.heads import request_head, response_head
 from proxy.request import Request
 
@@ -14,7 +15,8 @@ def make_request(headers: list[tuple[bytes, bytes]], method: bytes = b"GET",
                  version: str = "1.1") -> Request:
     req = Request(0.0)
     req.method, req.url, req.version = method, b"/x?y=1", version
-    req.headers = headers
+    # As the parser does: what veer reads itself is not kept for forwarding.
+    req.headers = [(n, v) for n, v in headers if n.lower() not in h1.REQUEST_NOT_FORWARDED]
     for name, value in headers:
         lname = name.lower()
         if lname == b"host":
