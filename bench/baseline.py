@@ -144,6 +144,9 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per target")
+    ap.add_argument("--against", metavar="GIT_REF[,GIT_REF...]", default="",
+                    help="also run veer as of each GIT_REF (recording on) as target "
+                         "'veer@GIT_REF', so each step is measured in the same run")
     args = ap.parse_args()
     if min(args.duration, args.connections, args.reps) < 1:
         ap.error("--duration, --connections and --reps must be at least 1")
@@ -168,6 +171,7 @@ def main() -> int:
     nginx: subprocess.Popen[bytes] | None = None
     proxy: subprocess.Popen[bytes] | None = None
     norec: subprocess.Popen[bytes] | None = None
+    refs: list[subprocess.Popen[bytes]] = []
     try:
         ports = {"original": free_port(), "new": free_port(), "veer": free_port(),
                  "veer-norec": free_port()}
@@ -196,6 +200,10 @@ def main() -> int:
                                      stderr=subprocess.STDOUT)
         wait_listening(ports["veer-norec"], norec, "veer (recording off)",
                        tmp / "veer-norec.log")
+        against = [r for r in args.against.split(",") if r]
+        for git_ref in against:
+            ports[f"veer@{git_ref}"] = free_port()
+            refs.append(start_ref(git_ref, tmp, pin_veer, ports[f"veer@{git_ref}"], ports))
         metrics_url = f"http://127.0.0.1:{admin_port}/metrics"
         scrapes: list[float] = []
 
@@ -203,6 +211,7 @@ def main() -> int:
                     "-s", str(tmp / "req.lua")]
         targets = {"direct": ports["original"], "veer": ports["veer"],
                    "veer-norec": ports["veer-norec"]}
+        targets.update({f"veer@{r}": ports[f"veer@{r}"] for r in against})
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         # Scraping blocks veer's loop for a few ms each time, which shows in p99: it gets
         # its own run after the interleaved ones, not mixed into veer's row.
@@ -251,9 +260,38 @@ def main() -> int:
         return 0
     finally:
         stop(norec)
+        for ref in refs:
+            stop(ref)
         stop(proxy)
         stop(nginx)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_ref(git_ref: str, tmp: Path, pin: list[str], port: int,
+              ports: dict[str, int]) -> subprocess.Popen[bytes]:
+    """veer as of ``git_ref`` (exported with git archive), on the same core and backends."""
+    src = Path(tempfile.mkdtemp(prefix="ref-", dir=tmp))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", git_ref],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        die(f"git archive {git_ref} failed: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    conf = src / "veer-bench.yaml"
+    conf.write_text(VEER_CONF.format(**{**ports, "port": port}, admin=free_port(),
+                                     recording="true"))
+    log = src / "veer-bench.log"
+    # PYTHONPATH puts the exported tree ahead of the editable install of this checkout.
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*pin, sys.executable, "-c",
+                                 "import sys; from admin.cli import main; sys.exit(main())",
+                                 "run", "--config", str(conf)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=src)
+    wait_listening(port, proc, f"veer@{git_ref}", log)
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", git_ref],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    print(f"veer@{git_ref} is {sha}", file=sys.stderr)
+    return proc
 
 
 def timed_get(url: str) -> float:
