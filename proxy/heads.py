@@ -15,6 +15,7 @@ from proxy import h1
 from proxy.request import Headers, Request
 
 _DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name nothing beyond hop-by-hop
 
 
 def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
@@ -66,21 +67,29 @@ def response_head(status: int, headers: Headers, req: Request, extra: bytes,
     ``connection: close``.
     """
     length: bytes | None = None
-    conn_tokens: list[bytes] = []
+    conn_values: list[bytes] | None = None
     upstream_chunked = False
+    out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
+    # One pass, one lower() per header: framing and hop-by-hop are read, the rest copied.
     for name, value in headers:
         lname = name.lower()
-        if lname == b"content-length":
-            length = value
-        elif lname == b"connection":
-            conn_tokens.append(value)
-        elif lname == b"transfer-encoding":
-            upstream_chunked = True
-    drop = _DROP_RESPONSE | h1.connection_tokens(conn_tokens) if conn_tokens else _DROP_RESPONSE
-    out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
-    for name, value in headers:
-        if name.lower() not in drop:
+        if lname in _DROP_RESPONSE:
+            if lname == b"content-length":
+                length = value
+            elif lname == b"transfer-encoding":
+                upstream_chunked = True
+            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                conn_values = [value] if conn_values is None else [*conn_values, value]
+        else:
             out += (name, b": ", value, b"\r\n")
+    if conn_values is not None:
+        named = h1.connection_tokens(conn_values) - _DROP_RESPONSE
+        if named:  # rare: the upstream's Connection header names end-to-end headers
+            out = [out[0]]
+            for name, value in headers:
+                lname = name.lower()
+                if lname not in _DROP_RESPONSE and lname not in named:
+                    out += (name, b": ", value, b"\r\n")
     head_request = req.method == b"HEAD"
     has_body = not head_request and status not in h1.NO_BODY_STATUSES
     chunked = False

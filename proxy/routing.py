@@ -48,9 +48,10 @@ def parse_cookies(header: bytes | None) -> dict[str, str]:
     return cookies
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
-    """Where one request goes and why; made once, at arrival."""
+    """Where one request goes and why; made once, at arrival and never changed (not frozen:
+    a frozen dataclass's __init__ costs 0.5 us more, once per request)."""
 
     variant: Variant
     reason: str  # "force", "allow", "deny", "weight"
