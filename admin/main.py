@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -34,6 +35,11 @@ async def serve(config: Config) -> int:
     except BaseException:
         await proxy.stop()
         raise
+    # Everything built so far (modules, numpy/scipy, config: ~90k objects) lives as long as
+    # the process: move it out of the collector's sight. A full collection over it stalls
+    # the loop ~35 ms (measured with gc.callbacks); after the freeze it walks ~2k objects.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
