@@ -327,6 +327,11 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
         ratio = f"{s['rps'] / direct:.3f}" if direct else "n/a"
         lines.append(f"| {name} | {s['rps']:.1f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} "
                      f"| {ratio} | {'; '.join(problems)} |")
+    for name in runs:
+        if name.startswith("veer@"):  # paired by rep, so slow drifts of the VM cancel out
+            gains = [a["rps"] / b["rps"] for a, b in zip(runs["veer"], runs[name], strict=True)]
+            lines.append(f"\nveer vs {name}: req/s x{statistics.median(gains):.3f} (median of "
+                         f"per-rep ratios: {', '.join(f'{g:.3f}' for g in gains)})")
     rec, norec = summary["veer"]["rps"], summary["veer-norec"]["rps"]
     cost_us = (1e6 / rec - 1e6 / norec) if rec and norec else float("nan")
     lines.append("")
