@@ -57,6 +57,9 @@ class Balancer:
         """A healthy endpoint not in ``exclude``, or None when there is none."""
         eps = self.endpoints
         n = len(eps)
+        if n == 1:  # a sidecar's usual pool: nothing to choose
+            ep = eps[0]
+            return ep if ep.ejected_until <= now and ep not in exclude else None
         start = self._next
         self._next = (start + 1) % n
         if self.policy == "least_outstanding":

@@ -100,7 +100,6 @@ class Exchange:
         self._counters = counters = rt.recorder.variants[variant]
         counters.in_flight += 1
         rt.upstream_in_flight += 1
-        rt.sweeper.add(self)
         if rt.upstream_in_flight > rt.config.limits.max_concurrent_upstream:
             self._settle(ProxyError(503, "overload", "too many concurrent upstream requests"))
             return
@@ -168,7 +167,6 @@ class Exchange:
         rt = self.rt
         self._counters.in_flight -= 1
         rt.upstream_in_flight -= 1
-        rt.sweeper.discard(self)
         self._record()
         self.client.finished(self, not self.close_client)
 
@@ -337,7 +335,8 @@ class Exchange:
 
     # -- endings --------------------------------------------------------------
     def check(self, now: float) -> None:
-        """Deadlines, called by the sweeper."""
+        """Deadlines, checked by the client connection's sweep (one registration per
+        connection, not a set insert and removal per request)."""
         t = self.rt.config.timeouts
         kind = ""
         if self.phase == _WAITING and t.first_byte and now - self.sent_at > t.first_byte:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
+# Headers whose values veer itself reads (one set lookup per header finds them).
+_READ_BY_VEER = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                           b"x-forwarded-for", b"expect", b"upgrade"})
 
 
 class Reject(Exception):
@@ -155,8 +158,17 @@ class ClientConnection(asyncio.Protocol):
         if req.header_bytes > self._max_header_bytes or self._header_count > self._max_headers:
             raise Reject(431, "request headers too large")
         lname = name.lower()
-        if b"_" in lname:
+        if lname in _READ_BY_VEER:
+            self._read_header(req, lname, value)
+        elif b"_" in lname:
             return  # normalised away: a backend might read it as a dash
+        if lname in self._captured_names:
+            old = req.captured.get(lname)
+            req.captured[lname] = value if old is None else old + b"; " + value
+        if lname not in NOT_FORWARDED:
+            req.headers.append((name, value))
+
+    def _read_header(self, req: Request, lname: bytes, value: bytes) -> None:
         if lname == b"host":
             if req.host is not None:
                 raise Reject(400, "more than one Host header")
@@ -175,11 +187,6 @@ class ClientConnection(asyncio.Protocol):
             req.expect_continue = True
         elif lname == b"upgrade":
             self._upgrade_value = value
-        if lname in self._captured_names:
-            old = req.captured.get(lname)
-            req.captured[lname] = value if old is None else old + b"; " + value
-        if lname not in NOT_FORWARDED:
-            req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -321,6 +328,9 @@ class ClientConnection(asyncio.Protocol):
 
     # -- deadlines (called by the sweeper) ------------------------------------
     def check(self, now: float) -> None:
+        active = self._active
+        if active is not None:
+            active.check(now)  # the exchange's own deadlines (first byte, idle, total)
         t = self.rt.config.timeouts
         if self.tunnel is not None:
             up = self.upstream
