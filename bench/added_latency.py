@@ -31,18 +31,16 @@ from pathlib import Path
 from typing import NoReturn
 
 # bench/ is not a package; run as a script, bench/ is sys.path[0] and these import.
-from baseline import alone, cpu_model, free_port, stop, tail
+from baseline import alone, cpu_model, stop, tail
 from compare import (
-    BACKENDS_CONF,
-    BODIES,
     SPLIT_PROBES,
     Target,
     build_targets,
     find_envoy,
     preflight,
     start,
+    start_backends,
     versions,
-    wait_listening,
 )
 
 ALL_TARGETS = ("direct", "veer", "envoy", "haproxy", "nginx")
@@ -198,17 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     backend_proc: subprocess.Popen[bytes] | None = None
     targets: list[Target] = []
     try:
-        backends = {"original": free_port(), "new": free_port()}
-        (tmp / "backends.conf").write_text(BACKENDS_CONF.format(
-            tmp=tmp, body_original=BODIES["original"], body_new=BODIES["new"], **backends))
-        with (tmp / "backends.out").open("wb") as out:
-            backend_proc = subprocess.Popen(
-                [*pin_load, tools["nginx"], "-p", str(tmp), "-e",
-                 str(tmp / "backends-error.log"), "-c", str(tmp / "backends.conf")],
-                stdout=out, stderr=subprocess.STDOUT)
-        for name, port in backends.items():
-            wait_listening(Target(f"nginx backend {name}", port, log=tmp / "backends-error.log",
-                                  proc=backend_proc))
+        backends, backend_proc = start_backends(tools["nginx"], tmp, pin_load)
         targets = build_targets(names, tools, tmp, backends)
         for t in targets:
             start(t, pin_sut)

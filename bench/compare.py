@@ -247,6 +247,27 @@ def wait_listening(target: Target, timeout: float = 20) -> None:
         f"{tail(log)}")
 
 
+def start_backends(nginx: str, tmp: Path,
+                   pin: list[str]) -> tuple[dict[str, int], subprocess.Popen[bytes]]:
+    """The two nginx backends (``original`` and ``new``) on free ports, listening."""
+    ports = {"original": free_port(), "new": free_port()}
+    (tmp / "backends.conf").write_text(BACKENDS_CONF.format(
+        tmp=tmp, body_original=BODIES["original"], body_new=BODIES["new"], **ports))
+    with (tmp / "backends.out").open("wb") as out:
+        proc = subprocess.Popen([*pin, nginx, "-p", str(tmp), "-e",
+                                 str(tmp / "backends-error.log"), "-c",
+                                 str(tmp / "backends.conf")],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for name, port in ports.items():
+            wait_listening(Target(f"nginx backend {name}", port,
+                                  log=tmp / "backends-error.log", proc=proc))
+    except BaseException:
+        stop(proc)
+        raise
+    return ports, proc
+
+
 def start(target: Target, pin: list[str]) -> None:
     if target.argv is None:
         return
@@ -441,18 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     backend_proc: subprocess.Popen[bytes] | None = None
     targets: list[Target] = []
     try:
-        backends = {"original": free_port(), "new": free_port()}
-        (tmp / "backends.conf").write_text(BACKENDS_CONF.format(
-            tmp=tmp, body_original=BODIES["original"], body_new=BODIES["new"], **backends))
         (tmp / "req.lua").write_text(WRK_LUA)
-        with (tmp / "backends.out").open("wb") as out:
-            backend_proc = subprocess.Popen(
-                [*pin_load, tools["nginx"], "-p", str(tmp), "-e",
-                 str(tmp / "backends-error.log"), "-c", str(tmp / "backends.conf")],
-                stdout=out, stderr=subprocess.STDOUT)
-        for name, port in backends.items():
-            wait_listening(Target(f"nginx backend {name}", port, log=tmp / "backends-error.log",
-                                  proc=backend_proc))
+        backends, backend_proc = start_backends(tools["nginx"], tmp, pin_load)
 
         targets = build_targets(args.targets, tools, tmp, backends)
         checks: dict[str, dict[str, Any]] = {}
