@@ -1,12 +1,12 @@
-"""One request's exchange: route it, pick an upstream connection, stream both ways.
+"""One request's exchange: route it, take an upstream connection, stream both ways.
 
 The route is decided once, at arrival. The request head is rebuilt with
 hop-by-hop headers removed and X-Forwarded-* set; the response head is
 rebuilt with veer's own status line and framing. Small bodies travel in one
 write; large or chunked ones stream with backpressure in both directions.
-Connect failures are retried on another endpoint of the same variant (no byte
-of the request has been sent then), then failed over if configured; nothing is
-retried once the response has started.
+Connections come from ``proxy.acquire`` (reuse, connect, retry, failover); a
+reused connection that closed before answering is replayed on another, and
+nothing is retried once the response has started.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import time
 from typing import TYPE_CHECKING
 
 from proxy import h1
+from proxy.acquire import acquire
+from proxy.h1 import ProxyError
 from proxy.heads import request_head, response_head
 from proxy.routing import ORIGINAL, Decision, Variant
-from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, connect, take_idle
+from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, take_idle
 
 if TYPE_CHECKING:
     from proxy.balance import Endpoint
@@ -33,14 +35,6 @@ _VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original
 # Error kinds counted when the exchange ends; "client" (the client's fault) is not an
 # upstream error, and connect/no_healthy are counted at the attempt.
 _COUNTED = frozenset({"timeout", "reset", "protocol", "overload"})
-
-
-class ProxyError(Exception):
-    """A failure veer answers itself, before any response byte went to the client."""
-
-    def __init__(self, status: int, kind: str, cause: str) -> None:
-        super().__init__(cause)
-        self.status, self.kind, self.cause = status, kind, cause
 
 
 # Phases, for the deadline check.
@@ -86,7 +80,7 @@ class Exchange:
         self._stale = False
         self._error: ProxyError | None = None  # answered by veer at the end
         self._waiter: asyncio.Future[None] | None = None  # only when running as a task
-        self._first: Endpoint | None = None  # picked by start, to be connected by the task
+        self._first: Endpoint | None = None  # picked by start, for acquire to connect
 
     # -- the exchange ---------------------------------------------------------
     def start(self) -> None:
@@ -129,7 +123,9 @@ class Exchange:
 
     async def _forward(self) -> None:
         while True:
-            conn = await self._acquire()
+            conn, variant = await acquire(self.rt, self.variant, self._first)
+            self._first = None
+            self._bind(conn, variant)
             if self._settled:  # the client left or was rejected while we connected
                 self._release(conn, keep=False)
                 return
@@ -169,44 +165,6 @@ class Exchange:
         rt.upstream_in_flight -= 1
         self._record()
         self.client.finished(self, not self.close_client)
-
-    async def _acquire(self) -> UpstreamConnection:
-        """A connection for this request, retrying and failing over on connect errors."""
-        rt = self.rt
-        tried: list[Endpoint] = []  # allocated once; usually stays empty
-        variant = self.variant
-        last_error: ProxyError | None = None  # built only on the failure path
-        while True:
-            balancer = rt.balancers[variant]
-            attempts = 1 + rt.config.connect_retries
-            while attempts > 0:
-                ep, self._first = self._first or balancer.pick(rt.loop.time(), tried), None
-                if ep is None:
-                    break
-                conn = take_idle(ep)
-                if conn is not None:
-                    return self._bind(conn, variant)
-                attempts -= 1
-                try:
-                    conn = await connect(ep, rt.config.timeouts.connect)
-                except (OSError, TimeoutError) as exc:
-                    tried.append(ep)
-                    rt.recorder.variants[variant].errors["connect"] += 1
-                    balancer.report_failure(ep, rt.loop.time())
-                    cause = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
-                    last_error = ProxyError(502, "connect",
-                                            f"upstream connect failed ({variant}: {cause})")
-                    continue
-                return self._bind(conn, variant)
-            failover = rt.config.new.failover if variant != ORIGINAL else None
-            if failover is None:
-                if last_error is None:
-                    rt.recorder.variants[variant].errors["no_healthy"] += 1
-                    last_error = ProxyError(503, "no_healthy",
-                                            f"no healthy upstream ({variant})")
-                raise last_error
-            variant = ORIGINAL
-            tried = []
 
     def _bind(self, conn: UpstreamConnection, variant: Variant) -> UpstreamConnection:
         self.variant = variant

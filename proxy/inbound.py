@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy import h1
-from proxy.forward import Exchange, ProxyError
+from proxy.forward import Exchange
+from proxy.h1 import ProxyError
 from proxy.request import Body, Request
 
 if TYPE_CHECKING:
