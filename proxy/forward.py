@@ -141,17 +141,16 @@ class Exchange:
     def _settle(self, err: ProxyError | None = None, stale: bool = False) -> None:
         """The outcome is known: wake the task, or conclude here when there is none.
         ``stale`` means a reused connection died unused and the request must go again."""
-        self._settled, self._error, self._stale = True, err, stale
         waiter = self._waiter
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-        elif stale:  # a replay needs a connection, perhaps a new one: go on as a task
-            self._settled = self._stale = False
+        if stale and waiter is None:  # a replay may need a new connection: go on as a task
             self._waiter = self.rt.loop.create_future()
             self.rt.loop.create_task(self._run())
-        else:
+            return
+        self._settled, self._error, self._stale = True, err, stale
+        if waiter is None:
             self._conclude()
+        elif not waiter.done():
+            waiter.set_result(None)
 
     def _conclude(self) -> None:
         """Answer a failure, record, and hand the client connection back (once)."""
@@ -166,14 +165,13 @@ class Exchange:
         self._record()
         self.client.finished(self, not self.close_client)
 
-    def _bind(self, conn: UpstreamConnection, variant: Variant) -> UpstreamConnection:
+    def _bind(self, conn: UpstreamConnection, variant: Variant) -> None:
         self.variant = variant
         self.conn = conn
         conn.endpoint.outstanding += 1
         conn.endpoint.total += 1
         conn.start(self, self.req.method == b"HEAD")
         self.client.upstream = conn
-        return conn
 
     async def _send(self, conn: UpstreamConnection, head: bytes) -> None:
         body = self.req.body
@@ -318,8 +316,9 @@ class Exchange:
     def abort(self, err: ProxyError | None) -> None:
         """End the exchange now: cut the upstream; answer ``err`` if the response has not
         started, else cut the client too (a truncated response, never a clean short one)."""
-        if self._settled:
+        if self._settled and not self._stale:
             return
+        self._stale = False  # a replay that was due will not happen
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.endpoint.outstanding -= 1

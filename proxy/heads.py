@@ -79,7 +79,9 @@ def response_head(status: int, headers: Headers, req: Request, extra: bytes,
             elif lname == b"transfer-encoding":
                 upstream_chunked = True
             elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                conn_values = [value] if conn_values is None else [*conn_values, value]
+                if conn_values is None:
+                    conn_values = []
+                conn_values.append(value)
         else:
             out += (name, b": ", value, b"\r\n")
     if conn_values is not None:

@@ -249,7 +249,8 @@ class ClientConnection(asyncio.Protocol):
     def finished(self, ex: Exchange, reusable: bool) -> None:
         """Called by the exchange when its response is fully written (or failed)."""
         self._active = None
-        self.upstream = None
+        if self.tunnel is None:
+            self.upstream = None  # a tunnel keeps it: for backpressure and its idle clock
         self.last_activity = self.loop.time()
         body = ex.req.body
         if body is not None and not body.complete:
@@ -259,14 +260,22 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
             return
         if self._queue:
-            self._start(self._queue.popleft())
-            if len(self._queue) < self.rt.config.limits.max_pipelined:
-                self._resume("pipeline")
+            # Not now: this may run inside the upstream's parser callback, and the next
+            # request could take that same connection while the parser still reads it.
+            self.loop.call_soon(self._start_next)
         elif self._fatal is not None:
             self.write(self._fatal)
             self.close()
         elif self.rt.draining and self._req is None:
             self.close()
+
+    def _start_next(self) -> None:
+        """The next pipelined request, once the previous exchange has finished."""
+        if self._active is not None or not self._queue or self.closed:
+            return
+        self._start(self._queue.popleft())
+        if len(self._queue) < self.rt.config.limits.max_pipelined:
+            self._resume("pipeline")
 
     def fail(self, status: int, cause: str) -> None:
         """Reject the request being parsed: answer after earlier ones, then close."""

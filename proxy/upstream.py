@@ -53,7 +53,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
         self._drain: asyncio.Future[None] | None = None
-        self._paused = False
+        self._paused = False  # writing, towards the upstream
+        self._reading_paused = False  # for the client's backpressure
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,19 +118,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self.sink is not None
+        sink = self.sink
+        if sink is None:
+            # More bytes after the response just completed, in the same read: the
+            # server broke framing. The error closes the connection.
+            raise UpstreamProtocolError("a response nobody asked for")
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim response (e.g. 103): dropped
             return
         headers, self._headers = self._headers, []
         keep_alive = self._parser.should_keep_alive()
-        self.sink.on_head(status, headers, keep_alive)
+        sink.on_head(status, headers, keep_alive)
         if self.head_only:
             # llhttp cannot be told a HEAD response has no body; end here and
             # start the next response with a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
-            self.sink.on_end()
+            sink.on_end()
             raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
@@ -164,17 +169,22 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
             self.transport.resume_reading()
 
     def release(self, keep: bool, max_idle: int) -> None:
         """Back to the idle list after a complete exchange, or closed."""
         self.sink = None
         if keep and not self.closed and len(self.endpoint.idle) < max_idle:
+            # The client's backpressure may have paused reading during the last write;
+            # that client is done with this connection, the next one must be heard.
+            self.resume_reading()
             self.idle_since = self.loop.time()
             self.endpoint.idle.append(self)
         else:
