@@ -71,6 +71,21 @@ def counts(hist: HdrHistogram) -> npt.NDArray[np.uint64]:
     return np.ctypeslib.as_array(hist.counts)
 
 
+def add(dst: HdrHistogram, src: HdrHistogram) -> None:
+    """``dst += src`` for two histograms of veer's layout, as ``HdrHistogram.add`` but with
+    numpy over the counters: hdrh's add costs ~50 us in Python around its C loop, and a
+    60 s window merges 60 of them per variant on each /metrics scrape."""
+    if not src.total_count:
+        return
+    view = counts(dst)
+    view += counts(src)
+    dst.total_count += src.total_count
+    if src.min_value < dst.min_value:
+        dst.min_value = src.min_value
+    if src.max_value > dst.max_value:
+        dst.max_value = src.max_value
+
+
 def quantiles_us(hist: HdrHistogram, percentiles: tuple[float, ...]) -> list[float]:
     """Values at ``percentiles`` (0..100), as ``HdrHistogram.get_value_at_percentile``."""
     total = hist.get_total_count()

@@ -3,7 +3,7 @@
 The hot path (``VariantRecorder.record``) adds to ints and records one value
 into the current slot's histogram; nothing else. Closed slots are folded
 into a cumulative histogram (for Prometheus) and a since-mark histogram (for
-"since the phase began") once per second, with hdrhistogram's C ``add``.
+"since the phase began") once per second, adding counters with numpy.
 Windows are merged only when someone asks (``window``, ``since``), so the
 numbers are exact to HDR precision (3 significant digits), not sampled.
 
@@ -120,9 +120,9 @@ class VariantRecorder:
     def _rotate(self, second: int) -> Slot:
         old = self.current
         if old.second >= 0 and old.hist is not None and old.hist.get_total_count():
-            self.cumulative.add(old.hist)
+            latency.add(self.cumulative, old.hist)
             if old.second >= self._mark_second:
-                self.since_mark.add(old.hist)
+                latency.add(self.since_mark, old.hist)
         if old.second >= self._mark_second:
             self._mark_requests += old.requests
             self._mark_errors += old.errors
@@ -158,22 +158,22 @@ class VariantRecorder:
     def since_marked(self, now: float) -> WindowStats:
         """Everything since ``mark()``: the folded closed slots plus the current one."""
         merged = latency.new_histogram()
-        merged.add(self.since_mark)
+        latency.add(merged, self.since_mark)
         requests, errors = self._mark_requests, self._mark_errors
         cur = self.current
         if self._mark_second <= cur.second <= int(now):
             requests += cur.requests
             errors += cur.errors
             if cur.hist is not None:
-                merged.add(cur.hist)
+                latency.add(merged, cur.hist)
         return latency.summarise(merged, requests, errors)
 
     def cumulative_histogram(self) -> HdrHistogram:
         """All latencies since start (closed slots plus the current one)."""
         merged = latency.new_histogram()
-        merged.add(self.cumulative)
+        latency.add(merged, self.cumulative)
         if self.current.hist is not None:
-            merged.add(self.current.hist)
+            latency.add(merged, self.current.hist)
         return merged
 
 
@@ -185,7 +185,7 @@ def _stats(slots: list[Slot]) -> WindowStats:
         errors += s.errors
         sum_us += s.sum_us
         if s.hist is not None:
-            merged.add(s.hist)
+            latency.add(merged, s.hist)
     return latency.summarise(merged, requests, errors, sum_us)
 
 

@@ -149,3 +149,31 @@ def test_out_of_range_latency_is_clamped_not_dropped() -> None:
     reference.record_value(latency.HIGHEST_US)
     assert (hist.get_min_value(), hist.get_max_value()) == \
         (reference.get_min_value(), reference.get_max_value())
+
+
+@given(st.lists(st.integers(min_value=1, max_value=latency.HIGHEST_US), max_size=40),
+       st.lists(st.integers(min_value=1, max_value=latency.HIGHEST_US), max_size=40))
+def test_numpy_add_equals_recording_everything_in_one(left: list[int],
+                                                      right: list[int]) -> None:
+    # (hdrh's own add is not the reference: adding an empty histogram sets its min to 0.)
+    merged, src, whole = (latency.new_histogram() for _ in range(3))
+    for v in left:
+        latency.record(merged, v)
+        latency.record(whole, v)
+    for v in right:
+        latency.record(src, v)
+        latency.record(whole, v)
+    latency.add(merged, src)
+    assert np.array_equal(latency.counts(merged), latency.counts(whole))
+    assert merged.get_total_count() == whole.get_total_count()
+    assert merged.get_min_value() == whole.get_min_value()
+    assert merged.get_max_value() == whole.get_max_value()
+    assert latency.quantiles_us(merged, latency.QUANTILES) == \
+        latency.quantiles_us(whole, latency.QUANTILES)
+    if right:  # where hdrh's add is right, it agrees
+        theirs = latency.new_histogram()
+        for v in left:
+            latency.record(theirs, v)
+        theirs.add(src)
+        assert np.array_equal(latency.counts(theirs), latency.counts(merged))
+        assert theirs.get_max_value() == merged.get_max_value()
