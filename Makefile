@@ -16,6 +16,7 @@ setup: $(BIN)/python
 
 setup-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "httpbin==0.10.4"
 
 demo: setup
 	$(BIN)/veer demo

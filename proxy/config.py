@@ -110,6 +110,10 @@ class Timeouts:
     client_idle: float = 75.0
     upstream_keepalive: float = 30.0
     drain: float = 30.0
+    # A request body must average limits.min_body_rate once this much time has passed.
+    body_grace: float = 5.0
+    # A client that reads none of its response for this long is cut (nginx's send_timeout).
+    client_write: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,13 @@ class Limits:
     max_concurrent_upstream: int = 1024
     max_idle_per_endpoint: int = 64
     max_pipelined: int = 16
+    # In-flight upstream requests from one client address: one client cannot take the
+    # whole of max_concurrent_upstream (0 = no per-client limit, e.g. behind another LB).
+    max_concurrent_per_client: int = 256
+    # Bytes per second a request body must average after timeouts.body_grace (0 = off);
+    # Kestrel's MinRequestBodyDataRate. Time spent paused by veer's backpressure is not held
+    # against the client.
+    min_body_rate: int = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +178,9 @@ class Config:
     recording: Recording = Recording()
     rollout: Rollout | None = None
     state: StateConfig = StateConfig()  # noqa: RUF009 (frozen, so sharing it is safe)
+    # Upgrade protocols tunnelled after the backend's 101. Any other Upgrade (h2c above
+    # all) has its Upgrade header removed and is served as plain HTTP/1.1, as Envoy does.
+    upgrades: frozenset[str] = frozenset({"websocket"})
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data (for ``veer check``)."""
@@ -320,6 +334,8 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         "max_body_bytes": SIZE, "max_concurrent_upstream": positive(1_000_000),
         "max_idle_per_endpoint": (int_range(0, 100_000), "an integer 0..100000"),
         "max_pipelined": positive(1024),
+        "max_concurrent_per_client": (int_range(0, 1_000_000), "an integer 0..1000000"),
+        "min_body_rate": SIZE,
     })
     health = read_flat(r.section("health"), Health(), {
         "consecutive_failures": positive(1_000_000), "ejection_time": DUR,
@@ -332,12 +348,22 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     })
     rollout = read_rollout(r.section("rollout"))
     state = read_state(r.section("state"))
+    upgrades = r.get("upgrades", frozenset({"websocket"}), _upgrade_tokens,
+                     "a list of Upgrade protocol names, e.g. [websocket]")
     r.done()
     if limits.max_header_bytes < 1024:
         raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
                           "at least 1024 bytes")
     return Config(source, listen, admin, original, new, routing, new_bp, timeouts, limits,
-                  health, retries, recording, rollout, state)
+                  health, retries, recording, rollout, state, upgrades)
+
+
+def _upgrade_tokens(value: Any) -> frozenset[str]:
+    tokens = names(value)
+    if any(not t.isascii() or not t.replace("-", "").replace(".", "").replace("/", "").isalnum()
+           for t in tokens):
+        raise ValueError
+    return frozenset(t.lower() for t in tokens)
 
 
 def load(path: str | Path) -> Config:

@@ -4,9 +4,11 @@ The route is decided once, at arrival. The request head is rebuilt with
 hop-by-hop headers removed and X-Forwarded-* set; the response head is
 rebuilt with veer's own status line and framing. Small bodies travel in one
 write; large or chunked ones stream with backpressure in both directions.
-Connections come from ``proxy.acquire`` (reuse, connect, retry, failover); a
-reused connection that closed before answering is replayed on another, and
-nothing is retried once the response has started.
+Connections come from ``proxy.acquire`` (reuse, connect, retry, failover). A
+reused connection that closed before answering is replayed on another only for
+an idempotent request without a body (RFC 9112 9.3.1): a POST, or any request
+whose body went out, is never sent twice. Nothing is retried once the response
+has started.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 from proxy import h1
 from proxy.acquire import acquire
 from proxy.h1 import ProxyError
-from proxy.heads import request_head, response_head
+from proxy.heads import interim_head, request_head, response_head
 from proxy.routing import ORIGINAL, Decision, Variant
 from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, take_idle
 
@@ -52,8 +54,8 @@ class Exchange:
     ``_settle`` and then ``_conclude``.
     """
 
-    __slots__ = ("_counters", "_error", "_first", "_out", "_settled", "_stale", "_waiter",
-                 "_whole_body", "chunked", "client", "close_client", "conn",
+    __slots__ = ("_counters", "_error", "_first", "_out", "_settled", "_slot", "_stale",
+                 "_waiter", "chunked", "client", "close_client", "conn",
                  "decision", "failed", "phase", "req", "resp_close_delimited",
                  "response_started", "rt",
                  "sent_at", "status", "upstream_keep_alive", "variant")
@@ -72,7 +74,6 @@ class Exchange:
         self.resp_close_delimited = False
         self.upstream_keep_alive = True
         self.failed = False  # the upstream failed after the response began
-        self._whole_body: bytes | None = None  # a small body kept for a replay
         self.status = 0
         self.sent_at = 0.0
         self._out: list[bytes] = []
@@ -86,14 +87,15 @@ class Exchange:
     def start(self) -> None:
         """Route the request and forward it (see the class docstring)."""
         rt, req = self.rt, self.req
-        router = rt.router
-        query = req.query if router.needs_query else b""
-        decision = router.route(req.captured, query, self.client.peer_ip, rt.new_weight_bp)
+        decision = req.decision
+        assert decision is not None  # routed by the inbound side at arrival
         self.decision = decision
         self.variant = variant = decision.variant
         self._counters = counters = rt.recorder.variants[variant]
         counters.in_flight += 1
         rt.upstream_in_flight += 1
+        self._slot = slot = self.client.slot
+        slot.in_flight += 1
         if rt.upstream_in_flight > rt.config.limits.max_concurrent_upstream:
             self._settle(ProxyError(503, "overload", "too many concurrent upstream requests"))
             return
@@ -162,6 +164,7 @@ class Exchange:
         rt = self.rt
         self._counters.in_flight -= 1
         rt.upstream_in_flight -= 1
+        self._slot.in_flight -= 1
         self._record()
         self.client.finished(self, not self.close_client)
 
@@ -178,11 +181,8 @@ class Exchange:
         self.phase = _SENDING
         if body is None:
             conn.write(head)
-        elif self._whole_body is not None or (
-                body.complete and body.buffered <= SMALL_BODY and not body.consumed):
-            if self._whole_body is None:
-                self._whole_body = body.take_all()
-            whole = self._whole_body
+        elif body.complete and body.buffered <= SMALL_BODY and not body.consumed:
+            whole = body.take_all()  # marks the body consumed: it is never sent twice
             conn.write(head + (h1.chunk(whole) + h1.LAST_CHUNK if self.req.chunked else whole))
         else:
             conn.write(head)
@@ -203,6 +203,12 @@ class Exchange:
             self.sent_at = self.rt.loop.time()
 
     # -- ResponseSink ---------------------------------------------------------
+    def on_interim(self, status: int, headers: Headers) -> None:
+        """A 1xx before the answer: 103 Early Hints (and 102) go on to an HTTP/1.1 client;
+        100 does not (veer answers Expect itself)."""
+        if status != 100 and self.req.version == "1.1" and not self.response_started:
+            self._out.append(interim_head(status, headers))
+
     def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None:
         req = self.req
         if status == 101 and req.upgrade is None:
@@ -275,7 +281,7 @@ class Exchange:
         self.conn = None
         conn.endpoint.outstanding -= 1
         kind = "protocol" if isinstance(exc, UpstreamProtocolError) else "reset"
-        if not self.response_started and conn.served > 1 and not self._body_consumed():
+        if not self.response_started and conn.served > 1 and self._replayable():
             self._settle(stale=True)
             return
         self._unhealthy(conn)
@@ -302,7 +308,8 @@ class Exchange:
             self.abort(ProxyError(408, "client", "request body not received in time"))
             return
         elif self.phase == _RECEIVING and t.idle and self.conn is not None \
-                and now - self.conn.last_activity > t.idle:
+                and now - self.conn.last_activity > t.idle \
+                and not self.conn.reading_paused:  # a slow reader is the client's wait
             kind = "upstream idle timeout"
         elif self.phase != _DONE and t.total and now - self.req.arrival > t.total:
             kind = "total timeout"
@@ -345,7 +352,8 @@ class Exchange:
         if err.kind in _COUNTED:  # connect and no_healthy are counted where they happen
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
-        self.client.write(h1.error_response(err.status, err.cause))
+        self.client.write(h1.error_response(err.status, err.cause,
+                                            extra=_VARIANT_HEADER[self.variant]))
 
     def _unhealthy(self, conn: UpstreamConnection) -> None:
         """A reset, a protocol error or a timeout counts against the endpoint's health."""
@@ -366,9 +374,10 @@ class Exchange:
         return self.phase == _RECEIVING and (body is None or (body.complete and not body.aborted
                                                               and body.buffered == 0))
 
-    def _body_consumed(self) -> bool:
-        body = self.req.body
-        return body is not None and body.consumed
+    def _replayable(self) -> bool:
+        """Only an idempotent request with no body may go again on a fresh connection: the
+        backend may have acted on what it read before closing (RFC 9112 9.3.1)."""
+        return self.req.body is None and self.req.method in h1.IDEMPOTENT
 
     def _record(self) -> None:
         """Latency is arrival at veer to the end of the response (or of the failure)."""

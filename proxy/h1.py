@@ -40,8 +40,36 @@ LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body."""
+    """One chunk of a chunked body; nothing for empty data (an empty chunk is the last)."""
+    if not data:
+        return b""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# RFC 9110 9.2.2. Only these may be sent again automatically (RFC 9112 9.3.1), and only
+# when no byte of a body went out.
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# uri-host [":" port] (RFC 3986 3.2.2) as a proxy accepts it: a reg-name of unreserved
+# characters and percent-escapes, or an IPv6 literal, and digits for the port. Stricter
+# than the RFC's sub-delims on purpose: "a, b" or "a/b@c" would let the backend and veer
+# disagree on the host.
+_HOST_CHARS: Final = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%")
+_IPV6_CHARS: Final = frozenset(b"0123456789abcdefABCDEF:.")
+
+
+def valid_host(value: bytes) -> bool:
+    """True for ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if value.startswith(b"["):
+        literal, sep, rest = value[1:].partition(b"]")
+        if not sep or not literal or not _IPV6_CHARS.issuperset(literal):
+            return False
+        return rest == b"" or (rest[:1] == b":" and rest[1:].isdigit() and len(rest) <= 6)
+    host, sep, port = value.partition(b":")
+    if sep and not (port.isdigit() and len(port) <= 5):
+        return False
+    return bool(host) and _HOST_CHARS.issuperset(host)
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:

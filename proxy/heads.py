@@ -43,11 +43,25 @@ def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
     if req.upgrade is not None:
         parts += (b"connection: upgrade\r\nupgrade: ", req.upgrade, b"\r\n")
     if req.chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
+        if req.codings is not None:  # veer re-frames the chunked layer only
+            parts += (b"transfer-encoding: ", req.codings, b", chunked\r\n")
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n")
     elif req.content_length is not None:
         parts.append(b"content-length: %d\r\n" % req.content_length)
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def interim_head(status: int, headers: Headers) -> bytes:
+    """A 1xx interim response for the client (e.g. 103 Early Hints): veer's status line and
+    the backend's end-to-end headers; it has no body and no framing."""
+    out = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
+    for name, value in headers:
+        if name.lower() not in _DROP_RESPONSE:
+            out += (name, b": ", value, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 class ResponseHead(NamedTuple):

@@ -2,14 +2,22 @@
 
 llhttp in strict mode rejects the framing attacks (CL+TE, duplicate or bad
 Content-Length, bad Transfer-Encoding, obs-fold, bare CR/LF, bad tokens);
-this module adds what a proxy must check on top: one Host, no
-Transfer-Encoding on HTTP/1.0, header size and count limits, body limit, and
-header names with underscores dropped (a backend could read ``Content_Length``
-as ``Content-Length``). A rejected request gets its 4xx and the connection
-closes; nothing of it is forwarded.
+this module adds what a proxy must check on top: one valid Host, no
+Transfer-Encoding on HTTP/1.0 and no coding but chunked, header size and count
+limits, body limit and minimum pace, and header names with underscores dropped
+(a backend could read ``Content_Length`` as ``Content-Length``). Request
+trailers are dropped, never merged into the headers. A rejected request gets
+its 4xx and the connection closes; nothing of it is forwarded.
 
-Pipelined requests are answered in order, one exchange at a time, with the
-queue bounded by ``limits.max_pipelined``.
+Each request is routed when its head has arrived, so a pipelined request keeps
+the decision of its arrival. Pipelined requests are answered in order, one
+exchange at a time, with the queue bounded by ``limits.max_pipelined``.
+
+An Upgrade is tunnelled only for the protocols in ``upgrades`` and only after
+the backend's 101; until then what the client sends is held (bounded: reading
+pauses). If the backend declines, the connection goes on as plain HTTP/1.1 with
+a fresh parser, and what was held is parsed as the next requests. Any other
+Upgrade (h2c) loses its Upgrade header and is served as a plain request.
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ if TYPE_CHECKING:
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
+# Held while an Upgrade request waits for the backend's answer; reading pauses beyond it.
+UPGRADE_HOLD = 64 * 1024
+# RFC 9110 5.6.2 token characters.
+_TCHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")
+# A Connection header may not nominate these away: the request would lose its target.
+_NOT_NOMINABLE = frozenset({b"host"})
 # Headers whose values veer itself reads (one set lookup per header finds them).
 _READ_BY_VEER = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                            b"x-forwarded-for", b"expect", b"upgrade"})
@@ -67,15 +81,18 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._fatal: bytes | None = None  # error to send once earlier answers are out
         self._upgrade_tail = b""
+        self._upgrading = False  # an Upgrade request is complete: hold what follows
         self._paused_for: set[str] = set()
         self._connection_values: list[bytes] = []
         self._header_count = 0
         self._upgrade_value = b""
-        limits = rt.config.limits
-        self._max_header_bytes = limits.max_header_bytes
-        self._max_headers = limits.max_headers
-        self._max_body = limits.max_body_bytes
-        self._captured_names = rt.router.header_names
+        self.write_paused_since = 0.0  # the client is not reading its response
+        self.slot = rt.clients.join("")  # replaced at connection_made, with the address
+        # Read from the runtime at each request's start (a reload applies to the next one).
+        self._max_header_bytes = 0
+        self._max_headers = 0
+        self._max_body = 0
+        self._captured_names: frozenset[bytes] = frozenset()
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +101,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.peer_ip_bytes = self.peer_ip.encode()
+        self.rt.clients.leave(self.slot)
+        self.slot = self.rt.clients.join(self.peer_ip)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -99,13 +118,30 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._fatal is not None or self.closed:
             return
-        if self._req is not None and self._req.upgrade is not None and self._req.body is None:
-            self._upgrade_tail += data  # after an Upgrade request, until the tunnel is up
+        if self._upgrading:
+            self._hold(data)  # after an Upgrade request, until the backend answers it
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade_tail += data[exc.args[0]:]
+            rest = data[exc.args[0]:]
+            if self._upgrading:
+                self._hold(rest)
+            else:
+                # An Upgrade veer does not tunnel (its header was removed): llhttp stops
+                # after such a request anyway, so parse what follows with a fresh parser.
+                self._parser = httptools.HttpRequestParser(self)
+                if rest:
+                    self.data_received(rest)
+        except httptools.HttpParserInvalidMethodError:
+            # A well-formed token llhttp does not know is "not implemented" (RFC 9110 9.1);
+            # anything else is malformed. (In a pipelined read the first method is judged:
+            # either way the request is refused and nothing of it is forwarded.)
+            method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+            if method and _TCHAR.issuperset(method):
+                self.fail(501, "request method not implemented")
+            else:
+                self.fail(400, "bad request method")
         except httptools.HttpParserError as exc:
             ctx = exc.__context__
             if isinstance(ctx, Reject):
@@ -117,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.rt.connections.discard(self)
         self.rt.sweeper.discard(self)
+        self.rt.clients.leave(self.slot)
         if self.tunnel is not None:
             self.tunnel.close()
         if self._req is not None and self._req.body is not None and not self._req.body.complete:
@@ -125,10 +162,12 @@ class ClientConnection(asyncio.Protocol):
             self._active.client_lost()
 
     def pause_writing(self) -> None:
+        self.write_paused_since = self.loop.time()
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused_since = 0.0
         if self.upstream is not None:
             self.upstream.resume_reading()
 
@@ -142,6 +181,12 @@ class ClientConnection(asyncio.Protocol):
         self._connection_values = []
         self._header_count = 0
         self._upgrade_value = b""
+        rt = self.rt
+        limits = rt.config.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body_bytes
+        self._captured_names = rt.router.header_names
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -158,6 +203,8 @@ class ClientConnection(asyncio.Protocol):
         self._header_count += 1
         if req.header_bytes > self._max_header_bytes or self._header_count > self._max_headers:
             raise Reject(431, "request headers too large")
+        if not self._in_headers:
+            return  # a trailer: never merged into the headers (routing has already run)
         lname = name.lower()
         if lname in _READ_BY_VEER:
             self._read_header(req, lname, value)
@@ -173,11 +220,21 @@ class ClientConnection(asyncio.Protocol):
         if lname == b"host":
             if req.host is not None:
                 raise Reject(400, "more than one Host header")
+            if not h1.valid_host(value):
+                raise Reject(400, "bad Host header")
             req.host = value
         elif lname == b"content-length":
             req.content_length = int(value)  # llhttp has validated the digits
         elif lname == b"transfer-encoding":
-            req.chunked = True  # llhttp insists chunked is final; we re-frame anyway
+            # llhttp insists chunked is final. Any other coding would be lost when veer
+            # re-frames the body, so it is refused (RFC 9112 6.1), not dropped.
+            # llhttp insists chunked is final. veer re-frames only that chunked layer, so
+            # the codings under it (gzip, ...) are sent on as they came, never dropped.
+            req.chunked = True
+            for coding in value.lower().split(b","):
+                coding = coding.strip(b" \t")
+                if coding not in (b"chunked", b"identity", b""):
+                    req.codings = coding if req.codings is None else req.codings + b", " + coding
         elif lname == b"connection":
             self._connection_values.append(value)
         elif lname == b"x-forwarded-for":
@@ -201,7 +258,10 @@ class ClientConnection(asyncio.Protocol):
             raise Reject(405, "CONNECT is not supported by a reverse proxy")
         if req.version not in ("1.1", "1.0"):
             raise Reject(505, f"HTTP/{req.version} is not supported")
-        if req.url[:1] != b"/" and req.url != b"*":
+        if req.url == b"*":
+            if req.method != b"OPTIONS":
+                raise Reject(400, "asterisk-form is only for OPTIONS")
+        elif req.url[:1] != b"/":
             _to_origin_form(req)
         if req.version == "1.1" and req.host is None:
             raise Reject(400, "missing Host header")
@@ -210,11 +270,16 @@ class ClientConnection(asyncio.Protocol):
         if req.content_length is not None and req.content_length > self._max_body:
             raise Reject(413, "request body too large")
         if self._connection_values:
-            req.connection_tokens = list(h1.connection_tokens(self._connection_values))
-        if parser.should_upgrade():
+            req.connection_tokens = list(
+                h1.connection_tokens(self._connection_values) - _NOT_NOMINABLE)
+        if parser.should_upgrade() and self._tunnels(self._upgrade_value):
             req.upgrade = self._upgrade_value
         if req.chunked or (req.content_length or 0) > 0:
-            req.body = Body(self._pause_body, self._resume_body)
+            req.body = Body(self._pause_body, self._resume_body, self.loop.time())
+        rt = self.rt
+        router = rt.router
+        req.decision = router.route(req.captured, req.query if router.needs_query else b"",
+                                    self.peer_ip, rt.new_weight_bp)
         if self._active is None and not self._queue:
             self._start(req)
         else:
@@ -236,13 +301,36 @@ class ClientConnection(asyncio.Protocol):
             req.body.finish()
         if req.upgrade is None:
             self._req = None
+        else:
+            self._upgrading = True
 
     # -- exchanges ------------------------------------------------------------
+    def _tunnels(self, upgrade: bytes) -> bool:
+        """Whether an Upgrade naming ``upgrade`` may become a tunnel (its first protocol)."""
+        first = upgrade.split(b",", 1)[0].split(b"/", 1)[0].strip().lower()
+        return first.decode("latin-1") in self.rt.config.upgrades
+
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes that follow an Upgrade request until the backend has answered it."""
+        self._upgrade_tail += data
+        if len(self._upgrade_tail) > UPGRADE_HOLD:
+            self._pause("upgrade")
+
     def _start(self, req: Request) -> None:
         if self.closed:
             return  # an earlier exchange closed the connection; the rest is not answered
-        if req.expect_continue and req.body is not None and not req.body.complete:
-            self.write(CONTINUE)
+        limit = self.rt.config.limits.max_concurrent_per_client
+        if limit and self.slot.in_flight >= limit:
+            # One address holds its share of the capacity already: refused before it is
+            # routed, so it counts against no variant (a flood cannot trigger a rollback).
+            self.slot.refused += 1
+            self.rt.clients.refused += 1
+            self.write(h1.error_response(503, "too many concurrent requests from this client"))
+            self.close()
+            return
+        if (req.expect_continue and req.version == "1.1" and req.body is not None
+                and not req.body.complete):
+            self.write(CONTINUE)  # an HTTP/1.0 client does not know 100 (RFC 9110 15.2)
         self._active = ex = Exchange(self.rt, self, req)
         ex.start()  # may finish (and call finished) before it returns
 
@@ -259,6 +347,11 @@ class ClientConnection(asyncio.Protocol):
             if self.tunnel is None:
                 self.close()
             return
+        if self._upgrading:
+            # The backend declined the Upgrade: plain HTTP/1.1 from here, parsed afresh
+            # (later, not inside the upstream's parser callback, as for pipelining).
+            self.loop.call_soon(self._after_declined_upgrade)
+            return
         if self._queue:
             # Not now: this may run inside the upstream's parser callback, and the next
             # request could take that same connection while the parser still reads it.
@@ -267,6 +360,19 @@ class ClientConnection(asyncio.Protocol):
             self.write(self._fatal)
             self.close()
         elif self.rt.draining and self._req is None:
+            self.close()
+
+    def _after_declined_upgrade(self) -> None:
+        if self.closed or not self._upgrading:
+            return
+        self._upgrading = False
+        self._req = None
+        self._parser = httptools.HttpRequestParser(self)
+        held = self.take_upgrade_tail()
+        self._resume("upgrade")
+        if held:
+            self.data_received(held)
+        elif self.rt.draining:
             self.close()
 
     def _start_next(self) -> None:
@@ -341,7 +447,12 @@ class ClientConnection(asyncio.Protocol):
         active = self._active
         if active is not None:
             active.check(now)  # the exchange's own deadlines (first byte, idle, total)
-        t = self.rt.config.timeouts
+        rt = self.rt
+        t = rt.config.timeouts
+        if self.write_paused_since and t.client_write \
+                and now - self.write_paused_since > t.client_write:
+            self.abort()  # not reading its response: cut (the exchange sees client_lost)
+            return
         if self.tunnel is not None:
             up = self.upstream
             last = max(self.last_activity, up.last_activity if up is not None else 0.0)
@@ -350,6 +461,9 @@ class ClientConnection(asyncio.Protocol):
         elif self._in_headers and self._req is not None:
             if t.client_header and now - self._req.arrival > t.client_header:
                 self.fail(408, "request headers not received in time")
+        elif (self._req is not None and self._req.body is not None
+              and self._req.body.too_slow(now, t.body_grace, rt.config.limits.min_body_rate)):
+            self.fail(408, "request body arrived slower than limits.min_body_rate")
         elif self._active is None and self._req is None and not self._queue and (
                 self.rt.draining or (t.client_idle and now - self.last_activity > t.client_idle)):
             self.close()
@@ -361,10 +475,16 @@ def _to_origin_form(req: Request) -> None:
     scheme, sep, rest = req.url.partition(b"://")
     if not sep or scheme.lower() not in (b"http", b"https"):
         raise Reject(400, "request target must be origin-form or absolute-form")
-    authority, slash, path = rest.partition(b"/")
-    if not authority or b"@" in authority:
+    end = len(rest)
+    for delim in (b"/", b"?", b"#"):  # the authority ends at the path, query or fragment
+        i = rest.find(delim)
+        if 0 <= i < end:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if not h1.valid_host(authority):
         raise Reject(400, "bad authority in request target")
-    req.url = b"/" + path if slash else b"/"
+    path = path.partition(b"#")[0]
+    req.url = path if path[:1] == b"/" else b"/" + path
     req.host = authority
     req.headers = [(n, v) for n, v in req.headers if n.lower() != b"host"]
     req.headers.append((b"Host", authority))

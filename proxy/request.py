@@ -10,20 +10,26 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.routing import Decision
 
 Headers = list[tuple[bytes, bytes]]
 
-BODY_HIGH_WATER = 256 * 1024
-BODY_LOW_WATER = 64 * 1024
+# What one request body may hold in veer before the client's socket stops being read.
+BODY_HIGH_WATER = 64 * 1024
+BODY_LOW_WATER = 16 * 1024
 
 
 class Body:
     """Request body chunks in flight from the client to the upstream."""
 
     __slots__ = ("_chunks", "_on_pause", "_on_resume", "_paused", "_waiter", "aborted",
-                 "buffered", "complete", "consumed", "received")
+                 "buffered", "complete", "consumed", "pace_base", "pace_since", "received")
 
-    def __init__(self, on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
+    def __init__(self, on_pause: Callable[[], None], on_resume: Callable[[], None],
+                 now: float = 0.0) -> None:
         self._chunks: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._on_pause, self._on_resume = on_pause, on_resume
@@ -33,6 +39,10 @@ class Body:
         self.complete = False
         self.aborted = False
         self.consumed = False  # some of it has been read (sent): no retry after this
+        # The minimum-rate check counts from here (reset when veer's backpressure lifts:
+        # time spent paused by veer is not held against the client).
+        self.pace_since = now
+        self.pace_base = 0
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -47,12 +57,25 @@ class Body:
         self.complete = True
         self._wake()
 
+    @property
+    def paused(self) -> bool:
+        """veer stopped reading the client because too much of the body is buffered."""
+        return self._paused
+
+    def too_slow(self, now: float, grace: float, min_rate: int) -> bool:
+        """The body has averaged under ``min_rate`` bytes/s for longer than ``grace``."""
+        if self.complete or self._paused or not min_rate:
+            return False
+        elapsed = now - self.pace_since
+        return elapsed > grace and self.received - self.pace_base < min_rate * elapsed
+
     def take_all(self) -> bytes:
         """Everything buffered, at once (for small, complete bodies, which the caller keeps
         so that the request can be replayed on a fresh connection)."""
         data = b"".join(self._chunks)
         self._chunks.clear()
         self.buffered = 0
+        self.consumed = True  # the caller sends it: from here on, it is not a fresh request
         return data
 
     async def read(self) -> bytes | None:
@@ -70,6 +93,8 @@ class Body:
         self.consumed = True
         if self._paused and self.buffered < BODY_LOW_WATER:
             self._paused = False
+            self.pace_base = self.received
+            self.pace_since = asyncio.get_running_loop().time()
             self._on_resume()
         return data
 
@@ -88,9 +113,9 @@ class Body:
 class Request:
     """The head of one client request, as parsed and checked by the inbound side."""
 
-    __slots__ = ("arrival", "body", "captured", "chunked", "connection_tokens",
-                 "content_length", "expect_continue", "header_bytes", "headers", "host",
-                 "keep_alive", "method", "upgrade", "url", "version", "xff")
+    __slots__ = ("arrival", "body", "captured", "chunked", "codings", "connection_tokens",
+                 "content_length", "decision", "expect_continue", "header_bytes", "headers",
+                 "host", "keep_alive", "method", "upgrade", "url", "version", "xff")
 
     def __init__(self, arrival: float) -> None:
         self.arrival = arrival
@@ -104,11 +129,13 @@ class Request:
         self.xff: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
+        self.codings: bytes | None = None  # transfer codings under chunked, e.g. b"gzip"
         self.keep_alive = True
         self.upgrade: bytes | None = None
         self.expect_continue = False
         self.header_bytes = 0
         self.body: Body | None = None
+        self.decision: Decision | None = None  # routed at arrival, before any queueing
 
     @property
     def query(self) -> bytes:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from proxy.balance import Balancer, Endpoint
 from proxy.config import Config
+from proxy.fairness import ClientTable
 from proxy.recorder import Recorder
 from proxy.routing import NEW, ORIGINAL, Router, Variant
 from proxy.timers import Sweeper
@@ -43,6 +44,7 @@ class Runtime:
         self.connections: set[ClientConnection] = set()
         self.new_weight_bp = config.new_weight_bp
         self.upstream_in_flight = 0
+        self.clients = ClientTable()
         self.draining = False
         self.rollout: RolloutRunner | None = None  # set when the config has a rollout
 

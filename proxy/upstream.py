@@ -21,6 +21,10 @@ from proxy.balance import Endpoint
 Headers = list[tuple[bytes, bytes]]
 
 
+# A response head (or its trailers) larger than this is a protocol error, not a buffer.
+MAX_RESPONSE_HEAD = 256 * 1024
+
+
 class UpstreamProtocolError(Exception):
     """The upstream sent something that is not valid HTTP/1.1."""
 
@@ -28,6 +32,7 @@ class UpstreamProtocolError(Exception):
 class ResponseSink(Protocol):
     """What an exchange does with the upstream's response as it is parsed."""
 
+    def on_interim(self, status: int, headers: Headers) -> None: ...
     def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
@@ -52,6 +57,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None  # raw piping after a 101
         self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
+        self._in_head = False  # between a message's start and its headers' end
+        self._head_bytes = 0
         self._drain: asyncio.Future[None] | None = None
         self._paused = False  # writing, towards the upstream
         self._reading_paused = False  # for the client's backpressure
@@ -114,20 +121,32 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise UpstreamProtocolError("response headers or trailers too large")
+        if self._in_head:
+            self._headers.append((name, value))
+        # else a trailer: dropped. It must never join the headers of a later response on
+        # this connection, nor be sent to the client as a header of this one.
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         sink = self.sink
         if sink is None:
             # More bytes after the response just completed, in the same read: the
             # server broke framing. The error closes the connection.
             raise UpstreamProtocolError("a response nobody asked for")
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._headers = []  # interim response (e.g. 103): dropped
-            return
         headers, self._headers = self._headers, []
+        if 100 <= status < 200 and status != 101:
+            sink.on_interim(status, headers)  # e.g. 103 Early Hints
+            return
         keep_alive = self._parser.should_keep_alive()
         sink.on_head(status, headers, keep_alive)
         if self.head_only:
@@ -167,6 +186,11 @@ class UpstreamConnection(asyncio.Protocol):
         waiter, self._drain = self._drain, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused because the client is slow to take the response."""
+        return self._reading_paused
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed and not self._reading_paused:

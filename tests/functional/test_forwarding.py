@@ -207,12 +207,35 @@ async def test_stale_pooled_connection_is_retried_when_safe(
         cfg["upstreams"]["new"]["endpoints"] = [f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}"]
         server = await start_veer(cfg)
         async with aiohttp.ClientSession() as s:
-            for i in range(5):  # small bodies are kept and replayed on a fresh connection
-                async with s.post(f"http://127.0.0.1:{server.port}/", data=b"p%d" % i) as r:
-                    assert (r.status, await r.read()) == (200, b"p%d" % i)
+            for _ in range(5):  # an idempotent request without a body goes again, fresh
+                async with s.get(f"http://127.0.0.1:{server.port}/") as r:
+                    assert r.status == 200
         assert len(connections) == 5
         # request 1 binds once; each later one binds a stale pooled connection, then a fresh one
         assert server.rt.balancers["new"].endpoints[0].total == 9
+    finally:
+        bad.close()
+        await bad.wait_closed()
+
+
+async def test_a_post_is_never_replayed_once_sent(
+    backends: dict[str, Backend], start_veer: StartVeer
+) -> None:
+    """RFC 9112 9.3.1: the backend may have acted on a POST it read before closing, so the
+    second POST on a pooled connection that closes unanswered is a 502, not a replay."""
+    bad, connections = await _one_answer_per_connection(close_header=False)
+    try:
+        cfg = base_config(backends, weights={"new": 100})
+        cfg["upstreams"]["new"]["endpoints"] = [f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}"]
+        server = await start_veer(cfg)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{server.port}/", data=b"p0") as r:
+                assert (r.status, await r.read()) == (200, b"p0")
+            async with s.post(f"http://127.0.0.1:{server.port}/", data=b"p1") as r:
+                assert r.status == 502
+                assert r.headers["x-veer-variant"] == "new"
+        assert len(connections) == 1  # the second POST was read once and never sent again
+        assert server.rt.balancers["new"].endpoints[0].total == 2
     finally:
         bad.close()
         await bad.wait_closed()
