@@ -34,8 +34,9 @@ from admin.requests import (
     only,
     read_body,
 )
+from admin.wire_errors import JsonErrorRunner
 from proxy.config import ConfigError, is_loopback
-from proxy.reload import ReloadError, reload
+from proxy.reload import ReloadError, reload_recorded
 from proxy.routing import ORIGINAL
 from proxy.runtime import Runtime
 from proxy.state import Event
@@ -43,7 +44,6 @@ from proxy.units import parse_duration, parse_percent_bp
 
 RUNTIME = web.AppKey("runtime", Runtime)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
-EVENTS = web.AppKey("events", list)  # manual-weight events when there is no rollout
 STARTED = web.AppKey("started", float)
 CACHE = web.AppKey("cache", dict)  # name -> (monotonic time, rendered JSON)
 CACHE_TTL = 0.25  # one controller tick
@@ -100,7 +100,7 @@ async def get_events(request: web.Request) -> web.Response:
                        "limit and offset are integers, since a number") from None
     if not 1 <= limit <= 500 or offset < 0:
         raise ApiError(400, "bad query", "limit must be 1..500 and offset >= 0")
-    source = rt.rollout.controller.state.events if rt.rollout else request.app[EVENTS]
+    source = rt.rollout.controller.state.events if rt.rollout else rt.events
     return web.json_response(views.events(source, q.get("kind"), q.get("actor"), since,
                                           limit, offset))
 
@@ -168,8 +168,7 @@ async def put_weights(request: web.Request) -> web.Response:
     event = Event(time.time(), "weight", f"{rt.new_weight_bp / 100:g}%", f"{new_bp / 100:g}%",
                   "manual weight", actor)
     rt.set_weight(new_bp)
-    request.app[EVENTS].append(event)
-    del request.app[EVENTS][:-500]
+    rt.record(event)
     return _events_out([event], request)
 
 
@@ -227,18 +226,13 @@ async def post_reload(request: web.Request) -> web.Response:
     await read_body(request)
     rt = request.app[RUNTIME]
     try:
-        changed = reload(rt)
+        changed = reload_recorded(rt, actor)
     except ConfigError as exc:
         raise ApiError(422, "invalid config",
                        f"{exc}; still running the previous config") from None
     except ReloadError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    event = Event(time.time(), "reload", "", rt.config.source, ", ".join(changed) or "no changes",
-                  actor)
-    if rt.rollout is not None:
-        rt.rollout.controller.state.events.append(event)
-    else:
-        request.app[EVENTS].append(event)
+    request.app[CACHE].clear()
     return web.json_response({"reloaded": True, "changed": changed, "config": rt.config.source})
 
 
@@ -247,7 +241,6 @@ def build_app(rt: Runtime, token: str | None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
     app[RUNTIME] = rt
     app[REGISTRY] = build_registry(rt)
-    app[EVENTS] = []
     app[STARTED] = time.time()
     app[CACHE] = {}
     if token is not None:
@@ -278,8 +271,8 @@ class AdminServer:
         if token is None and token_from_config:
             token = load_token(rt.config.admin)
         self.token = token
-        self.runner = web.AppRunner(build_app(rt, self.token), access_log=None,
-                                    handle_signals=False)
+        self.runner = JsonErrorRunner(build_app(rt, self.token), access_log=None,
+                                      handle_signals=False)
         self._started = False
 
     @property

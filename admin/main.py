@@ -18,7 +18,8 @@ import uvloop
 
 from admin.api import AdminServer
 from proxy.config import Config, ConfigError
-from proxy.reload import ReloadError, reload
+from proxy.reload import ReloadError, reload_recorded
+from proxy.rollout import StateSaveError
 from proxy.server import ProxyServer
 from proxy.state import StateError
 
@@ -65,9 +66,12 @@ async def serve(config: Config) -> int:
 def _reload(proxy: ProxyServer) -> None:
     """SIGHUP: re-read the config file; a bad one is reported and the old config kept."""
     try:
-        changed = reload(proxy.rt)
+        changed = reload_recorded(proxy.rt, "SIGHUP")
     except (ConfigError, ReloadError) as exc:
         log.error("reload refused, still running the previous config: %s", exc)
+        return
+    except StateSaveError as exc:
+        log.error("%s", exc)
         return
     log.info("reloaded %s: %s", proxy.rt.config.source, ", ".join(changed) or "no changes")
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proxy.config import Admin
 from proxy.controller import ActionError
+from proxy.rollout import StateSaveError
 
 TOKEN = web.AppKey("token", str)
 MAX_BODY = 16 * 1024
@@ -57,6 +58,8 @@ async def errors(request: web.Request,
                                  if exc.status == 401 else None)
     except ActionError as exc:
         return web.json_response({"error": "conflict", "detail": str(exc)}, status=409)
+    except StateSaveError as exc:
+        return web.json_response({"error": "state not saved", "detail": str(exc)}, status=503)
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": "body too large",
                                   "detail": f"at most {MAX_BODY} bytes"}, status=413)
@@ -73,7 +76,10 @@ def authorise(request: web.Request) -> str:
     if token is None:
         raise ApiError(401, "unauthorized", "no admin token is configured (set "
                        "VEER_ADMIN_TOKEN or admin.token_file); mutations are disabled")
-    header = request.headers.get("Authorization", "")
+    values = request.headers.getall("Authorization", [])
+    if len(values) > 1:  # which one counts would depend on who reads it: neither
+        raise ApiError(400, "bad request", "more than one Authorization header")
+    header = values[0] if values else ""
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
     # surrogateescape: a header with non-UTF-8 bytes (decoded that way) is a wrong token, not a 500
     if not hmac.compare_digest(given.encode(errors="surrogateescape"), token.encode()):
@@ -91,12 +97,22 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise ApiError(413, "body too large", f"at most {MAX_BODY} bytes")
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
     except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise ApiError(400, "bad json", str(exc)) from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid body", "expected a JSON object")
     return body
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys repeat is refused: the last would win silently."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def field(body: dict[str, Any], key: str, kinds: tuple[type, ...], default: Any = None,

@@ -42,7 +42,7 @@ async def acquire(rt: Runtime, variant: Variant,
                 return conn, variant
             attempts -= 1
             try:
-                return await connect(ep, rt.config.timeouts.connect), variant
+                return await connect(ep, rt.config.timeouts.connect, rt.read_buffer), variant
             except (OSError, TimeoutError) as exc:
                 tried.append(ep)
                 rt.recorder.variants[variant].errors["connect"] += 1

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
+# Response bytes buffered for a client before veer stops reading its upstream.
+WRITE_HIGH_WATER = 32 * 1024
 # Held while an Upgrade request waits for the backend's answer; reading pauses beyond it.
 UPGRADE_HOLD = 64 * 1024
 # RFC 9110 5.6.2 token characters.
@@ -107,6 +109,8 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # What veer holds for a client slow to read: beyond this, the upstream is not read.
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.last_activity = self.loop.time()
         self.rt.connections.add(self)
         self.rt.sweeper.add(self)

@@ -11,12 +11,14 @@ state file, the recording window) is refused, naming the key.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from proxy import config as config_mod
 from proxy.balance import Balancer, Endpoint
 from proxy.config import Address, Config, Pool
 from proxy.routing import NEW, ORIGINAL, Router, Variant
 from proxy.runtime import Runtime
+from proxy.state import Event
 
 FIXED = ("listen", "admin", "rollout", "state")
 
@@ -49,6 +51,19 @@ def reload(rt: Runtime, path: str | None = None) -> list[str]:
         raise ReloadError(f"{', '.join(fixed)} changed; these need a restart "
                           "(the running config is unchanged)")
     apply(rt, new, changed)
+    return changed
+
+
+def reload_recorded(rt: Runtime, actor: str, path: str | None = None) -> list[str]:
+    """``reload``, leaving an event (saved and sent to webhooks with a rollout): the one
+    path for SIGHUP and the admin API."""
+    changed = reload(rt, path)
+    event = Event(time.time(), "reload", "", rt.config.source,
+                  ", ".join(changed) or "no changes", actor)
+    if rt.rollout is not None:
+        rt.rollout.record(event)
+    else:
+        rt.record(event)
     return changed
 
 

@@ -25,6 +25,11 @@ from proxy.webhooks import ConfirmGate, Notifier
 log = logging.getLogger("veer.rollout")
 
 
+class StateSaveError(Exception):
+    """An action applied in memory whose state could not be written; saving is retried on
+    every tick until it succeeds."""
+
+
 def open_store(cfg: StateConfig) -> StateStore:
     """The configured store, locked for this process."""
     if cfg.path is None:
@@ -125,13 +130,23 @@ class RolloutRunner:
                                            "next": c.state.phase + 1})
             else:
                 c.confirmed(key, result)
-        return self._after(c.tick(self.clock()))
+        try:
+            return self._after(c.tick(self.clock()))
+        except StateSaveError as exc:
+            log.error("%s", exc)
+            return []
 
     def act(self, action: str, actor: str, **kwargs: Any) -> list[Event]:
         """Run a controller action (advance, promote, ...) and apply it at once."""
         method = getattr(self.controller, action)
         events: list[Event] = method(self.clock(), actor, **kwargs)
         return self._after(events)
+
+    def record(self, event: Event) -> list[Event]:
+        """Add an event made outside the controller (a reload): saved and notified like any."""
+        self.controller.state.events.append(event)
+        self.controller.dirty = True
+        return self._after([event])
 
     def apply(self) -> None:
         """Put the controller's weight and cohorts on the router (the next request sees them)."""
@@ -143,9 +158,13 @@ class RolloutRunner:
     def _after(self, events: list[Event]) -> list[Event]:
         c = self.controller
         self.apply()
+        failed: OSError | None = None
         if c.dirty:
-            self.store.save(c.state)
-            c.dirty = False
+            try:
+                self.store.save(c.state)
+                c.dirty = False
+            except OSError as exc:  # disk full, read-only: keep serving, retry next tick
+                failed = exc
         for e in events:
             if e.kind.startswith("rollback") and e.kind != "rollback-step":
                 reason = ("breach" if e.actor == "controller" and e.kind == "rollback"
@@ -155,4 +174,7 @@ class RolloutRunner:
                      e.to, e.reason, e.actor)
             if self.notifier is not None:
                 self.notifier.notify({"rollout": self.rollout.name, **e.to_dict()})
+        if failed is not None:
+            raise StateSaveError(f"rollout state not saved ({failed.strerror or failed}); the "
+                                 "change applies in memory and saving is retried every tick")
         return events

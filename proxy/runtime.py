@@ -16,8 +16,9 @@ from proxy.config import Config
 from proxy.fairness import ClientTable
 from proxy.recorder import Recorder
 from proxy.routing import NEW, ORIGINAL, Router, Variant
+from proxy.state import Event
 from proxy.timers import Sweeper
-from proxy.upstream import expire_idle
+from proxy.upstream import ReadBuffer, expire_idle
 
 if TYPE_CHECKING:
     from proxy.inbound import ClientConnection
@@ -45,6 +46,9 @@ class Runtime:
         self.new_weight_bp = config.new_weight_bp
         self.upstream_in_flight = 0
         self.clients = ClientTable()
+        self.read_buffer = ReadBuffer()  # where every upstream read lands (see upstream)
+        # Events when there is no rollout to hold them (manual weights, reloads); newest last.
+        self.events: list[Event] = []
         self.draining = False
         self.rollout: RolloutRunner | None = None  # set when the config has a rollout
 
@@ -53,6 +57,11 @@ class Runtime:
         if not 0 <= new_weight_bp <= 10000:
             raise ValueError(f"weight must be 0..10000 basis points, got {new_weight_bp}")
         self.new_weight_bp = new_weight_bp
+
+    def record(self, event: Event) -> None:
+        """Keep an event of a process without a rollout (the last 500)."""
+        self.events.append(event)
+        del self.events[:-500]
 
     def endpoints(self) -> list[tuple[Variant, Endpoint]]:
         """Every endpoint with its variant."""

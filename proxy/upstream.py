@@ -4,6 +4,12 @@ A connection serves one exchange at a time (no upstream pipelining). Parsed
 response events go straight to the exchange's ``ResponseSink``; the sink
 writes to the client without an await per chunk. Idle connections wait in
 their endpoint's LIFO list and close after the upstream keep-alive timeout.
+
+Reads land in one scratch buffer shared by every upstream connection of the
+process (``ReadBuffer``, ``READ_SIZE`` bytes) and are parsed in place: a read
+is at most that size, so a client that is slow to take its response holds at
+most one read plus its transport's high-water mark before reading pauses,
+instead of the 256 KiB a plain protocol's read allocates each time.
 """
 
 from __future__ import annotations
@@ -23,6 +29,19 @@ Headers = list[tuple[bytes, bytes]]
 
 # A response head (or its trailers) larger than this is a protocol error, not a buffer.
 MAX_RESPONSE_HEAD = 256 * 1024
+# One upstream read at most: bounds what a slow client can make veer hold.
+READ_SIZE = 32 * 1024
+
+
+class ReadBuffer:
+    """The scratch buffer upstream reads land in (one per process; parsed before the next
+    read can happen, so one is enough)."""
+
+    __slots__ = ("data", "view")
+
+    def __init__(self, size: int = READ_SIZE) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
 
 
 class UpstreamProtocolError(Exception):
@@ -41,12 +60,14 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to one endpoint."""
 
-    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop,
+                 scratch: ReadBuffer) -> None:
         self.endpoint = endpoint
         self.loop = loop
+        self._scratch = scratch.view
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.served = 0
@@ -72,10 +93,20 @@ class UpstreamConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._scratch[:nbytes])
+
+    def eof_received(self) -> bool | None:
+        return None  # close: connection_lost reports it
+
+    def data_received(self, data: memoryview | bytes) -> None:
+        """Parse a read in place (``data`` is only valid during this call)."""
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            self.tunnel.write(bytes(data))  # the scratch is reused by the next read
             return
         sink = self.sink
         if sink is None:
@@ -87,7 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0]
             sink.flush()
-            sink.on_upgraded(data[offset:])
+            sink.on_upgraded(bytes(data[offset:]))
             return
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadDone):
@@ -229,12 +260,13 @@ class _HeadDone(Exception):
     """Stops the parser after a HEAD response's headers."""
 
 
-async def connect(endpoint: Endpoint, timeout: float) -> UpstreamConnection:
+async def connect(endpoint: Endpoint, timeout: float, scratch: ReadBuffer) -> UpstreamConnection:
     """A new connection to ``endpoint`` (raises OSError or TimeoutError)."""
     loop = asyncio.get_running_loop()
     addr = endpoint.address
     endpoint.connects += 1
-    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, loop), addr.host, addr.port)
+    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, loop, scratch),
+                                  addr.host, addr.port)
     if timeout > 0:
         _, proto = await asyncio.wait_for(coro, timeout)
     else:
