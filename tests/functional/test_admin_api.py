@@ -205,3 +205,51 @@ async def test_schemathesis_finds_no_server_errors(admin: Admin, tmp_path: Path)
     text = out.decode(errors="replace")
     print(text[-3000:])
     assert proc.returncode == 0, text[-6000:]
+
+
+# -- what a hostile-peer review found -------------------------------------------------
+
+async def test_duplicate_json_keys_and_two_authorizations_are_refused(admin: Admin) -> None:
+    _, base = await admin(rollout=False)
+    status, err = await call("PUT", f"{base}/weights", headers={
+        **AUTH, "Content-Type": "application/json"}, data=b'{"new": 1, "new": 90}')
+    assert status == 400 and "duplicate key" in err["detail"]
+    assert (await call("GET", f"{base}/weights"))[1] == {"original": 90.0, "new": 10.0}
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    body = b'{"new": 50}'
+    writer.write(b"PUT /weights HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (len(body), body))
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert (await call("GET", f"{base}/weights"))[1] == {"original": 90.0, "new": 10.0}
+
+
+async def test_unparseable_requests_get_json_errors(admin: Admin) -> None:
+    _, base = await admin(rollout=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", reply  # aiohttp answers a broken request as 1.0
+    assert b"application/json" in head.lower()
+    import json
+    assert set(json.loads(payload)) == {"error", "detail"}
+
+
+async def test_a_state_that_cannot_be_saved_is_a_json_503(
+        admin: Admin, tmp_path: Path) -> None:
+    server, base = await admin()
+    assert server.rt.rollout is not None
+
+    def full_disk(state: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    server.rt.rollout.store.save = full_disk  # type: ignore[method-assign]
+    status, err = await call("POST", f"{base}/rollout/pause", headers=AUTH, json={})
+    assert status == 503 and err["error"] == "state not saved"
+    assert "No space left" in err["detail"]
+    assert server.rt.rollout.controller.dirty  # saving is retried at the next tick

@@ -115,6 +115,10 @@ async def test_sighup_and_admin_reload(
         async with s.post(f"http://127.0.0.1:{admin}/reload", headers=auth) as r:
             assert r.status == 200 and "new_weight_bp" in (await r.json())["changed"]
         assert await weight_new(s, admin) == 55.0
+        # Each applied reload left one event, the SIGHUP's included.
+        async with s.get(f"http://127.0.0.1:{admin}/events?kind=reload") as r:
+            actors = [e["actor"] for e in (await r.json())["events"]]
+        assert actors == ["admin", "SIGHUP"], actors
     assert (await keepalive_request()).startswith(b"HTTP/1.1 200")
     writer.close()
     proc.send_signal(signal.SIGTERM)
