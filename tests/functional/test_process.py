@@ -196,7 +196,7 @@ async def test_100mb_upload_and_download_stream_in_bounded_memory(
     growth = (peak - baseline) / 2**20
     print(f"veer RSS: baseline {baseline / 2**20:.1f} MiB, peak growth {growth:.1f} MiB")
     # 300 MB went through; the proxy's resident memory may grow only by buffers.
-    assert growth < 40, f"veer RSS grew by {growth:.1f} MiB while streaming"
+    assert growth < 4, f"veer RSS grew by {growth:.1f} MiB while streaming"  # 0.3 measured
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(15) == 0
 

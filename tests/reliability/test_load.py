@@ -480,7 +480,7 @@ async def test_2000_concurrent_clients_over_the_upstream_limit(start_veer: Start
     assert metric(text, "veer_upstream_errors_total", kind="overload") == len(tally.busy)
     assert metric(text, "veer_requests_total", code="503") == len(tally.busy)
     # Memory stays bounded with 2,000 connections open.
-    assert rss.growth_mib < 150, f"veer RSS grew by {rss.growth_mib:.1f} MiB"
+    assert rss.growth_mib < 40, f"veer RSS grew by {rss.growth_mib:.1f} MiB"  # 15 measured
     # The admin listener kept answering while the data plane was saturated.
     assert admin_failures == []
     assert all(len(v) >= 2 for v in admin_latency.values()), admin_latency
@@ -666,5 +666,5 @@ async def test_5000_pipelined_requests_answered_in_order(start_veer: StartVeer) 
     assert paths == [f"/p/{i}" for i in range(PIPELINED)]  # in order, none lost or repeated
     assert others.other == [], others.other[:10]
     assert len(others.ok) >= OTHERS * 5  # they kept being served during the flood
-    assert rss.growth_mib < 100, f"veer RSS grew by {rss.growth_mib:.1f} MiB"
+    assert rss.growth_mib < 8, f"veer RSS grew by {rss.growth_mib:.1f} MiB"  # 3.7 measured
     assert await veer.terminate() == 0, veer.logs()
