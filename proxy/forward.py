@@ -353,7 +353,8 @@ class Exchange:
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
         self.client.write(h1.error_response(err.status, err.cause,
-                                            extra=_VARIANT_HEADER[self.variant]))
+                                            extra=_VARIANT_HEADER[self.variant],
+                                            head=self.req.method == b"HEAD"))
 
     def _unhealthy(self, conn: UpstreamConnection) -> None:
         """A reset, a protocol error or a timeout counts against the endpoint's health."""

@@ -93,8 +93,9 @@ class ProxyError(Exception):
 
 
 def error_response(code: int, cause: str, close: bool = True,
-                   extra: bytes = b"") -> bytes:
-    """A complete short plain-text response naming the cause, e.g. for 502/503/504."""
+                   extra: bytes = b"", head: bool = False) -> bytes:
+    """A complete short plain-text response naming the cause, e.g. for 502/503/504; for a
+    HEAD request (``head``) the same head without the body (RFC 9110 9.3.2)."""
     body = f"veer: {cause}\n".encode()
     return b"".join((
         STATUS_LINES[code],
@@ -103,5 +104,5 @@ def error_response(code: int, cause: str, close: bool = True,
         b"connection: close\r\n" if close else b"",
         extra,
         CRLF,
-        body,
+        b"" if head else body,
     ))

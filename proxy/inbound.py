@@ -329,7 +329,8 @@ class ClientConnection(asyncio.Protocol):
             # routed, so it counts against no variant (a flood cannot trigger a rollback).
             self.slot.refused += 1
             self.rt.clients.refused += 1
-            self.write(h1.error_response(503, "too many concurrent requests from this client"))
+            self.write(h1.error_response(503, "too many concurrent requests from this client",
+                                         head=req.method == b"HEAD"))
             self.close()
             return
         if (req.expect_continue and req.version == "1.1" and req.body is not None
@@ -351,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
             if self.tunnel is None:
                 self.close()
             return
-        if self._upgrading:
+        if self._upgrading and ex.req.upgrade is not None:
             # The backend declined the Upgrade: plain HTTP/1.1 from here, parsed afresh
             # (later, not inside the upstream's parser callback, as for pipelining).
             self.loop.call_soon(self._after_declined_upgrade)
@@ -400,7 +401,8 @@ class ClientConnection(asyncio.Protocol):
             self._fatal = b""
             active.abort(ProxyError(status, "client", cause))
             return
-        self._fatal = h1.error_response(status, cause)
+        self._fatal = h1.error_response(status, cause,
+                                        head=req is not None and req.method == b"HEAD")
         if self._active is None and not self._queue:
             self.write(self._fatal)
             self.close()
