@@ -96,14 +96,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._scratch
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._scratch[:nbytes])
-
     def eof_received(self) -> bool | None:
         return None  # close: connection_lost reports it
 
-    def data_received(self, data: memoryview | bytes) -> None:
-        """Parse a read in place (``data`` is only valid during this call)."""
+    def buffer_updated(self, nbytes: int) -> None:
+        """Parse a read in place (the scratch is only valid during this call)."""
+        data = self._scratch[:nbytes]
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
             self.tunnel.write(bytes(data))  # the scratch is reused by the next read

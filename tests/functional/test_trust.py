@@ -479,3 +479,53 @@ async def test_a_client_that_does_not_read_is_cut_and_not_blamed_on_the_backend(
         sock.close()
         errors = server.rt.recorder.variants["original"].errors
         assert errors["timeout"] == 0  # a slow reader is not an upstream timeout
+
+
+async def test_a_reload_is_an_event_saved_and_sent_to_webhooks(
+        start_veer: StartVeer, tmp_path: Any) -> None:
+    import json
+
+    import yaml
+    from aiohttp import web
+
+    from proxy import reload
+    from proxy.config import load
+
+    hooked: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hooked.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with ScriptedBackend() as backend:
+            cfg = _config(backend.url)
+            cfg.pop("weights")
+            cfg["rollout"] = {"name": "r", "notify": [f"http://127.0.0.1:{port}/hook"],
+                              "plan": [{"name": "a", "weight": 10, "duration": "1h"},
+                                       {"name": "b", "weight": 100}]}
+            state = tmp_path / "state.json"
+            cfg["state"] = {"path": str(state)}
+            path = tmp_path / "veer.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            server = ProxyServer(load(path))
+            await server.start()
+            try:
+                cfg["timeouts"] = {"idle": "20s"}
+                path.write_text(yaml.safe_dump(cfg))
+                assert reload.reload_recorded(server.rt, "SIGHUP") == ["timeouts"]
+                saved = json.loads(state.read_text())
+                assert [e["kind"] for e in saved["events"]][-1] == "reload"
+                await until(lambda: any(h.get("kind") == "reload" for h in hooked),
+                            what="the reload event at the webhook")
+            finally:
+                await server.stop()
+    finally:
+        await runner.cleanup()

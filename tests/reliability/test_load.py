@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,91 +27,23 @@ import psutil
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.reliability.processes import (
+    HOST,
+    ROOT,
+    Backends,
+    free_port,
+    raise_fd_limit,
+    run_backends,
+)
+
 TOKEN = "load-test-token"
-HOST = "127.0.0.1"
 
-# Two backends (original, new) on the given ports in one uvloop process, with a listen
-# backlog large enough that veer's burst of upstream connects is never dropped.
-BACKEND_SCRIPT = """
-import asyncio, signal, sys
-import uvloop
-from aiohttp import web
-from admin.backend import make_app
-
-async def main(ports):
-    runners = []
-    for name, port in zip(("original", "new"), ports):
-        runner = web.AppRunner(make_app(name), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
-        runners.append(runner)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for runner in runners:
-        await runner.cleanup()
-
-uvloop.run(main([int(p) for p in sys.argv[1:]]))
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _raise_fd_limit(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need <= hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= need, "too few file descriptors"
-
-
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """End a process this module started (by its PID): SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@dataclass(frozen=True)
-class Backends:
-    original: int
-    new: int
 
 
 @pytest.fixture(scope="module")
 def backend_ports() -> Iterator[Backends]:
-    """The two test backends in their own process, for the whole module."""
-    ports = Backends(free_port(), free_port())
-    proc = subprocess.Popen([sys.executable, "-c", BACKEND_SCRIPT, str(ports.original),
-                             str(ports.new)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        for port in (ports.original, ports.new):
-            while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"backend did not listen on {port}"
-                    time.sleep(0.05)
-        yield ports
-    finally:
-        _stop_process(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    """The two demo backends in their own process, for the whole module."""
+    yield from run_backends()
 
 
 @dataclass
@@ -362,7 +292,7 @@ BUSY = b"too many concurrent upstream requests"
 
 
 async def test_2000_concurrent_clients_over_the_upstream_limit(start_veer: StartVeer) -> None:
-    _raise_fd_limit(CLIENTS + 1000)
+    raise_fd_limit(CLIENTS + 1000)
     veer = await start_veer(limits={"max_concurrent_upstream": LIMIT,
                                     "max_idle_per_endpoint": LIMIT})
     await warm_up(veer, "/slow?s=0")
