@@ -120,6 +120,14 @@ def parse_wrk(out: str) -> dict[str, Any]:
             "requests": int(total[1]), "problems": problems}
 
 
+def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds the process has used (0 for no process)."""
+    if proc is None:
+        return 0.0
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -248,8 +256,10 @@ def main() -> int:
                 scraper = threading.Thread(target=scrape_loop,
                                            args=(metrics_url, scraping, scrapes))
                 scraper.start()
+            target = procs[name]
+            cpu_before = cpu_seconds(target)
             try:
-                with alone(procs[name], procs.values()):
+                with alone(target, procs.values()):
                     res = subprocess.run(cmd, capture_output=True, text=True,
                                          timeout=args.duration + 60, check=False)
             finally:
@@ -259,16 +269,20 @@ def main() -> int:
             if res.returncode != 0:
                 die(f"wrk failed ({res.returncode}): {res.stderr or res.stdout}")
             run = parse_wrk(res.stdout)
+            if target is not None:  # veer's own CPU (user + system) per request it served
+                run["cpu_us"] = (cpu_seconds(target) - cpu_before) * 1e6 / max(1, run["requests"])
             runs[name].append(run)
             print(f"rep {rep + 1}/{args.reps} {name:6} {run['rps']:10.1f} req/s  "
                   f"p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms"
+                  + (f"  cpu {run['cpu_us']:.1f} us/req" if "cpu_us" in run else "")
                   + "".join(f"  [{p}]" for p in run["problems"]), file=sys.stderr)
             if proxy.poll() is not None:
                 die(f"veer exited with {proxy.returncode}:\n{tail(veer_log)}")
         warnings = [ln for ln in veer_log.read_text(errors="replace").splitlines()
                     if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
-        summary = {name: {k: statistics.median(r[k] for r in rs)
-                          for k in ("rps", "p50_ms", "p99_ms")} for name, rs in runs.items()}
+        summary = {name: {k: statistics.median(r.get(k, float("nan")) for r in rs)
+                          for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+                   for name, rs in runs.items()}
         commands = {
             "wrk_command": shlex.join([*pin_load, *wrk_args]) + " http://127.0.0.1:PORT/",
             "veer_command": shlex.join([*pin_veer, veer_bin, "run", "--config",
@@ -341,18 +355,23 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
         "duration_s": args.duration, "connections": args.connections, "reps": args.reps,
         "veer_log_warnings": warnings[:20],
     }
-    lines = ["| target | req/s (median) | p50 ms | p99 ms | ratio to direct | errors |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| target | req/s (median) | p50 ms | p99 ms | CPU us/req | ratio to direct "
+             "| errors |", "|---|---:|---:|---:|---:|---:|---|"]
     for name, s in summary.items():
         problems = sorted({p for r in runs[name] for p in r["problems"]}) or ["none"]
         ratio = f"{s['rps'] / direct:.3f}" if direct else "n/a"
+        cpu = "-" if s["cpu_us"] != s["cpu_us"] else f"{s['cpu_us']:.1f}"  # NaN: not a proxy
         lines.append(f"| {name} | {s['rps']:.1f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} "
-                     f"| {ratio} | {'; '.join(problems)} |")
+                     f"| {cpu} | {ratio} | {'; '.join(problems)} |")
     for name in runs:
         if name.startswith("veer@"):  # paired by rep, so slow drifts of the VM cancel out
-            gains = [a["rps"] / b["rps"] for a, b in zip(runs["veer"], runs[name], strict=True)]
+            pairs = list(zip(runs["veer"], runs[name], strict=True))
+            gains = [a["rps"] / b["rps"] for a, b in pairs]
+            costs = [a["cpu_us"] / b["cpu_us"] for a, b in pairs]
             lines.append(f"\nveer vs {name}: req/s x{statistics.median(gains):.3f} (median of "
-                         f"per-rep ratios: {', '.join(f'{g:.3f}' for g in gains)})")
+                         f"per-rep ratios: {', '.join(f'{g:.3f}' for g in gains)}); CPU per "
+                         f"request x{statistics.median(costs):.3f} "
+                         f"({', '.join(f'{c:.3f}' for c in costs)})")
     rec, norec = summary["veer"]["rps"], summary["veer-norec"]["rps"]
     cost_us = (1e6 / rec - 1e6 / norec) if rec and norec else float("nan")
     lines.append("")
