@@ -37,6 +37,8 @@ from proxy.h1 import ProxyError
 from proxy.request import Body, Request
 
 if TYPE_CHECKING:
+    from proxy.config import Config
+    from proxy.routing import Router
     from proxy.runtime import Runtime
     from proxy.upstream import UpstreamConnection
 
@@ -90,10 +92,14 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_value = b""
         self.write_paused_since = 0.0  # the client is not reading its response
         self.slot = rt.clients.join("")  # replaced at connection_made, with the address
-        # Read from the runtime at each request's start (a reload applies to the next one).
+        # Taken from the runtime's current config and router at each request's start, when
+        # they changed (a reload applies to the next request of every open connection).
+        self._config: Config | None = None
+        self._router: Router | None = None
         self._max_header_bytes = 0
         self._max_headers = 0
         self._max_body = 0
+        self._per_client = 0
         self._captured_names: frozenset[bytes] = frozenset()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -186,11 +192,8 @@ class ClientConnection(asyncio.Protocol):
         self._header_count = 0
         self._upgrade_value = b""
         rt = self.rt
-        limits = rt.config.limits
-        self._max_header_bytes = limits.max_header_bytes
-        self._max_headers = limits.max_headers
-        self._max_body = limits.max_body_bytes
-        self._captured_names = rt.router.header_names
+        if rt.config is not self._config or rt.router is not self._router:
+            self._refresh(rt)  # a reload since this connection's last request
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -309,6 +312,15 @@ class ClientConnection(asyncio.Protocol):
             self._upgrading = True
 
     # -- exchanges ------------------------------------------------------------
+    def _refresh(self, rt: Runtime) -> None:
+        self._config, self._router = rt.config, rt.router
+        limits = rt.config.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body_bytes
+        self._per_client = limits.max_concurrent_per_client
+        self._captured_names = rt.router.header_names
+
     def _tunnels(self, upgrade: bytes) -> bool:
         """Whether an Upgrade naming ``upgrade`` may become a tunnel (its first protocol)."""
         first = upgrade.split(b",", 1)[0].split(b"/", 1)[0].strip().lower()
@@ -323,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, req: Request) -> None:
         if self.closed:
             return  # an earlier exchange closed the connection; the rest is not answered
-        limit = self.rt.config.limits.max_concurrent_per_client
+        limit = self._per_client
         if limit and self.slot.in_flight >= limit:
             # One address holds its share of the capacity already: refused before it is
             # routed, so it counts against no variant (a flood cannot trigger a rollback).
