@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +33,10 @@ from tests.reliability.processes import (
     Backends,
     free_port,
     raise_fd_limit,
-    run_backends,
 )
 
 TOKEN = "load-test-token"
 
-
-
-@pytest.fixture(scope="module")
-def backend_ports() -> Iterator[Backends]:
-    """The two demo backends in their own process, for the whole module."""
-    yield from run_backends()
 
 
 @dataclass

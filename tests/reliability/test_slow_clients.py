@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ from tests.reliability.processes import (
     Backends,
     free_port,
     raise_fd_limit,
-    run_backends,
     stop_process,
 )
 from tests.sysdeps import require_binary
@@ -118,12 +117,6 @@ while not stop and time.monotonic() - start < seconds:
     next_at = max(next_at + every, time.monotonic())
 print(json.dumps({"ok": ok, "bad": bad}))
 """
-
-
-@pytest.fixture(scope="module")
-def backend_ports() -> Iterator[Backends]:
-    """The two demo backends in their own process, for the whole module."""
-    yield from run_backends()
 
 
 @dataclass
