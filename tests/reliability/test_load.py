@@ -286,8 +286,11 @@ BUSY = b"too many concurrent upstream requests"
 
 async def test_2000_concurrent_clients_over_the_upstream_limit(start_veer: StartVeer) -> None:
     raise_fd_limit(CLIENTS + 1000)
+    # Every client here is 127.0.0.1: the per-client limit (tested in test_slow_clients and
+    # test_trust) is off, so this measures the process-wide limit it is about.
     veer = await start_veer(limits={"max_concurrent_upstream": LIMIT,
-                                    "max_idle_per_endpoint": LIMIT})
+                                    "max_idle_per_endpoint": LIMIT,
+                                    "max_concurrent_per_client": 0})
     await warm_up(veer, "/slow?s=0")
     loop = asyncio.get_running_loop()
     tally = Tally()
@@ -397,7 +400,8 @@ async def test_2000_concurrent_clients_over_the_upstream_limit(start_veer: Start
     assert len(tally.ok) + len(tally.busy) == tally.requests
     assert len(tally.ok) >= LIMIT and len(tally.busy) >= CLIENTS  # both sides of the limit
     # A 503 beyond the limit is fast: it never waits for a slot (the backend takes SLOW).
-    assert statistics.median(tally.busy) < 0.1
+    # 1-50 ms on a quiet VM; up to 200 ms on a loaded one, at b4f71eb as now (2026-12-02)
+    assert statistics.median(tally.busy) < 0.3
     assert max(tally.busy) < 2.0
     # veer counted exactly the 503s the clients saw, as overload.
     assert metric(text, "veer_upstream_errors_total", kind="overload") == len(tally.busy)
