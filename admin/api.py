@@ -35,12 +35,12 @@ from admin.requests import (
     read_body,
 )
 from admin.wire_errors import JsonErrorRunner
-from proxy.config import ConfigError, is_loopback
-from proxy.reload import ReloadError, reload_recorded
-from proxy.routing import ORIGINAL
-from proxy.runtime import Runtime
-from proxy.state import Event
-from proxy.units import parse_duration, parse_percent_bp
+from proxy.config.model import ConfigError, is_loopback
+from proxy.config.units import parse_duration, parse_percent_bp
+from proxy.control.state import Event
+from proxy.routing.router import ORIGINAL
+from proxy.runtime.reload import ReloadError, reload_recorded
+from proxy.runtime.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 REGISTRY = web.AppKey("registry", CollectorRegistry)

@@ -17,11 +17,11 @@ import sys
 import uvloop
 
 from admin.api import AdminServer
-from proxy.config import Config, ConfigError
-from proxy.reload import ReloadError, reload_recorded
-from proxy.rollout import StateSaveError
-from proxy.server import ProxyServer
-from proxy.state import StateError
+from proxy.config.model import Config, ConfigError
+from proxy.control.rollout import StateSaveError
+from proxy.control.state import StateError
+from proxy.runtime.reload import ReloadError, reload_recorded
+from proxy.runtime.server import ProxyServer
 
 log = logging.getLogger("veer")
 

@@ -20,9 +20,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from proxy import latency
-from proxy.routing import NEW, ORIGINAL, VARIANTS
-from proxy.runtime import Runtime
+from proxy.routing.router import NEW, ORIGINAL, VARIANTS
+from proxy.runtime.runtime import Runtime
+from proxy.telemetry import latency
 
 # Seconds; Prometheus' defaults stretched down to sub-millisecond, where a proxy lives.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Admin
-from proxy.controller import ActionError
-from proxy.rollout import StateSaveError
+from proxy.config.model import Admin
+from proxy.control.controller import ActionError
+from proxy.control.rollout import StateSaveError
 
 TOKEN = web.AppKey("token", str)
 MAX_BODY = 16 * 1024

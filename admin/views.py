@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from proxy import analysis, latency
-from proxy.latency import WindowStats
-from proxy.routing import NEW, ORIGINAL, VARIANTS
-from proxy.runtime import Runtime
-from proxy.state import Event
+from proxy.control import analysis
+from proxy.control.state import Event
+from proxy.routing.router import NEW, ORIGINAL, VARIANTS
+from proxy.runtime.runtime import Runtime
+from proxy.telemetry import latency
+from proxy.telemetry.latency import WindowStats
 
 WINDOW = 10  # seconds behind "current" rates and percentiles
 

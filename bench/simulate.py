@@ -33,12 +33,12 @@ import numpy.typing as npt
 import scipy
 from scipy import stats
 
-from proxy import analysis
-from proxy.confread import Reader
-from proxy.controller import Controller, Totals
-from proxy.plan import Rollout, read_rollout
-from proxy.routing import NEW, Variant
-from proxy.state import Status
+from proxy.config.plan import Rollout, read_rollout
+from proxy.config.reader import Reader
+from proxy.control import analysis
+from proxy.control.controller import Controller, Totals
+from proxy.control.state import Status
+from proxy.routing.router import NEW, Variant
 
 T0 = 1_700_000_000.0  # the fake clock's start (unix seconds)
 TICK = 0.25  # seconds; must match the plan's tick

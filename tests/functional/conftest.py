@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from admin.backend import Backend, start_backend
-from proxy.config import from_dict
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend, start_backend
+from proxy.config.model import from_dict
+from proxy.runtime.server import ProxyServer
 
 StartVeer = Callable[..., Awaitable[ProxyServer]]
 

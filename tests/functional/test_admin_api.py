@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from admin.api import AdminServer
-from admin.backend import Backend
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 
 TOKEN = "s3cret-token"

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 
 from admin.api import AdminServer
-from admin.backend import Backend
-from proxy.server import ProxyServer
-from proxy.state import Event, Status
+from admin.demo.backend import Backend
+from proxy.control.state import Event, Status
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 from tests.functional.test_rollout import traffic, wait_for
 

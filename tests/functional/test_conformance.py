@@ -17,7 +17,7 @@ import httptools
 import pytest
 import yaml
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 from tests.functional.rawhttp import RawBackend, exchange
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from admin.api import AdminServer
-from admin.backend import Backend
-from proxy.state import Status
+from admin.demo.backend import Backend
+from proxy.control.state import Status
 from tests.functional.conftest import StartVeer
 from tests.functional.test_rollout import rollout_config, status, traffic, wait_for
 from tests.sysdeps import require_binary

@@ -8,7 +8,7 @@ import socket
 import aiohttp
 import pytest
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 from tests.functional.rawhttp import exchange
 

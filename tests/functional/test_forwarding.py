@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 from tests.functional.rawhttp import exchange
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin.api import AdminServer
-from admin.backend import Backend
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 from tests.sysdeps import require_binary
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 
 VEER = [sys.executable, "-m", "admin.cli"]
 

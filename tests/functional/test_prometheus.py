@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from admin.api import AdminServer
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 from tests.sysdeps import require_binary
 

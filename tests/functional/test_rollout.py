@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from admin.backend import Backend
-from proxy.server import ProxyServer
-from proxy.state import Status
+from admin.demo.backend import Backend
+from proxy.control.state import Status
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 
 
@@ -159,7 +159,7 @@ async def test_corrupt_state_is_kept_aside(
         return sorted(tmp_path.glob("state.json.corrupt-*"))
 
     if on_corrupt == "refuse":
-        from proxy.state import StateError
+        from proxy.control.state import StateError
 
         with pytest.raises(StateError, match="refusing to start"):
             await start_veer(cfg)

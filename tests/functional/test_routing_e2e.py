@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 
-from admin.backend import Backend
-from proxy.routing import bucket, choose
+from admin.demo.backend import Backend
+from proxy.routing.router import bucket, choose
 from tests.functional.conftest import StartVeer, base_config
 
 

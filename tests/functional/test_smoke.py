@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import h11
 
-from proxy import inbound
-from proxy.server import ProxyServer
+from proxy.http import inbound
+from proxy.runtime.server import ProxyServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer
 from tests.functional.scripted import Received, ScriptedBackend, ok
@@ -386,8 +386,8 @@ async def test_pipelined_requests_keep_the_decision_of_their_arrival(
 
 async def test_a_reload_of_the_user_key_reaches_open_connections(
         start_veer: StartVeer, tmp_path: Any) -> None:
-    from proxy import reload
-    from proxy.config import from_dict
+    from proxy.config.model import from_dict
+    from proxy.runtime import reload
 
     async with ScriptedBackend() as backend:
         cfg = _config(backend.url, weights={"new": 50})
@@ -488,8 +488,8 @@ async def test_a_reload_is_an_event_saved_and_sent_to_webhooks(
     import yaml
     from aiohttp import web
 
-    from proxy import reload
-    from proxy.config import load
+    from proxy.config.model import load
+    from proxy.runtime import reload
 
     hooked: list[dict[str, Any]] = []
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.webhooks import ConfirmGate, Hook, Notifier
+from proxy.control.webhooks import ConfirmGate, Hook, Notifier
 
 
 @dataclass

@@ -21,7 +21,7 @@ BACKEND_SCRIPT = """
 import asyncio, signal, sys
 import uvloop
 from aiohttp import web
-from admin.backend import make_app
+from admin.demo.backend import make_app
 
 async def main(ports):
     runners = []

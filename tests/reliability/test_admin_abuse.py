@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from admin.api import AdminServer
-from admin.backend import Backend
-from proxy.config import load
-from proxy.runtime import Runtime
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend
+from proxy.config.model import load
+from proxy.runtime.runtime import Runtime
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import base_config
 
 TOKEN = "s3cret-token"

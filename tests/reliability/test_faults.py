@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.conftest import StartVeer, base_config
 
 

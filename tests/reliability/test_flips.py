@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from admin.backend import Backend
-from proxy.routing import NEW, ORIGINAL, bucket, choose
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend
+from proxy.routing.router import NEW, ORIGINAL, bucket, choose
+from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 
 SALT = "test"  # base_config's routing salt

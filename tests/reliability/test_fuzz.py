@@ -29,9 +29,9 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from admin.api import AdminServer
-from proxy.config import ConfigError, from_dict, load
-from proxy.controller import Controller
-from proxy.server import ProxyServer
+from proxy.config.model import ConfigError, from_dict, load
+from proxy.control.controller import Controller
+from proxy.runtime.server import ProxyServer
 
 # -- (a) the config loader --------------------------------------------------------------
 

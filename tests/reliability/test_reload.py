@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from admin.backend import Backend
+from admin.demo.backend import Backend
 from tests.functional.test_process import free_port, wait_listening
 
 VEER = [sys.executable, "-m", "admin.cli", "run", "--config"]

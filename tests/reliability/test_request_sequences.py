@@ -41,8 +41,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from proxy.config import from_dict
-from proxy.server import ProxyServer
+from proxy.config.model import from_dict
+from proxy.runtime.server import ProxyServer
 from tests.reliability.recording_backend import (
     BEHAVIOURS,
     Headers,

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from proxy.analysis import (
+from proxy.control.analysis import (
     BREACH_ALPHA,
     CUSUM_H,
     CUSUM_SHIFT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.balance import Balancer, Endpoint
-from proxy.config import Address, Health
+from proxy.config.model import Address, Health
+from proxy.upstream.pool import Balancer, Endpoint
 
 HEALTH = Health(consecutive_failures=3, ejection_time=10.0, max_ejected_percent=50)
 

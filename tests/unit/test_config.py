@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import (
+from proxy.config.model import (
     Address,
     Admin,
     Cohort,

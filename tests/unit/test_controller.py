@@ -9,11 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from proxy.confread import Reader
-from proxy.controller import ActionError, Controller, Totals
-from proxy.plan import Rollout, read_rollout
-from proxy.routing import NEW, ORIGINAL, Variant
-from proxy.state import Status
+from proxy.config.plan import Rollout, read_rollout
+from proxy.config.reader import Reader
+from proxy.control.controller import ActionError, Controller, Totals
+from proxy.control.state import Status
+from proxy.routing.router import NEW, ORIGINAL, Variant
 
 SEED_PLAN: dict[str, Any] = {
     "name": "checkout-v2", "tick": "250ms",

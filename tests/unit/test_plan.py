@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.confread import ConfigError, Reader
-from proxy.plan import (
+from proxy.config.plan import (
     Gates,
     Phase,
     Rollout,
@@ -19,6 +18,7 @@ from proxy.plan import (
     read_rollout,
     read_state,
 )
+from proxy.config.reader import ConfigError, Reader
 
 SEED = """
 rollout: {name: checkout-v2, tick: 250ms, plan: [

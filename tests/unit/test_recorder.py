@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import latency
-from proxy.recorder import VariantRecorder
+from proxy.telemetry import latency
+from proxy.telemetry.recorder import VariantRecorder
 
 PRECISION = 0.001  # 3 significant digits
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Cohort, KeySource, Routing
-from proxy.routing import NEW, ORIGINAL, Decision, Router, bucket, choose, parse_cookies
+from proxy.config.model import Cohort, KeySource, Routing
+from proxy.routing.router import NEW, ORIGINAL, Decision, Router, bucket, choose, parse_cookies
 
 # ---------------------------------------------------------------------------
 # bucket / choose: fixed vectors from the design (and Unleash's own tests)

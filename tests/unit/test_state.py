@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 
-import proxy.state
-from proxy.state import FORMAT, Event, FileStore, MemoryStore, RolloutState, StateError, Status
+import proxy.control.state
+from proxy.control.state import (
+    FORMAT,
+    Event,
+    FileStore,
+    MemoryStore,
+    RolloutState,
+    StateError,
+    Status,
+)
 
 
 def _event(i: int) -> Event:
@@ -230,7 +238,7 @@ def test_load_unusable_content_is_kept_aside(tmp_path: Path, content: bytes) -> 
 def test_kept_copies_are_never_overwritten(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # The same second for every copy: names must still differ.
-    monkeypatch.setattr(proxy.state, "time",
+    monkeypatch.setattr(proxy.control.state, "time",
                         SimpleNamespace(strftime=lambda fmt: "20250101T000000"))
     path = tmp_path / "state.json"
     store = FileStore(path)

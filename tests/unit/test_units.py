@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.units import (
+from proxy.config.units import (
     DURATION_FORM,
     PERCENT_FORM,
     RATE_FORM,

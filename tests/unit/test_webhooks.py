@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from proxy.webhooks import Hook, Notifier
+from proxy.control.webhooks import Hook, Notifier
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.routing import Decision
+    from proxy.routing.router import Decision
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -11,9 +11,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.confread import DUR, Reader, choice, flag, int_range, names, read_flat, reject, text
-from proxy.units import parse_duration, parse_percent_bp, parse_rate
-from proxy.webhooks import Hook
+from proxy.config.reader import DUR, Reader, choice, flag, int_range, names, read_flat, reject, text
+from proxy.config.units import parse_duration, parse_percent_bp, parse_rate
+from proxy.control.webhooks import Hook
 
 ON_BREACH = ("rollback", "alert")
 PRESETS = ("canary", "linear", "blue-green", "ring")

@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy import h1
-from proxy.forward import Exchange
-from proxy.h1 import ProxyError
-from proxy.request import Body, Request
+from proxy.http import h1
+from proxy.http.exchange import Exchange
+from proxy.http.h1 import ProxyError
+from proxy.http.request import Body, Request
 
 if TYPE_CHECKING:
-    from proxy.config import Config
-    from proxy.routing import Router
-    from proxy.runtime import Runtime
-    from proxy.upstream import UpstreamConnection
+    from proxy.config.model import Config
+    from proxy.routing.router import Router
+    from proxy.runtime.runtime import Runtime
+    from proxy.upstream.connection import UpstreamConnection
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED

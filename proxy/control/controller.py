@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from proxy import analysis
-from proxy.analysis import Cusum, Finding, Verdict
-from proxy.plan import Phase, Rollout
-from proxy.routing import NEW, ORIGINAL, Variant
-from proxy.state import Event, RolloutState, Status
+from proxy.config.plan import Phase, Rollout
+from proxy.control import analysis
+from proxy.control.analysis import Cusum, Finding, Verdict
+from proxy.control.state import Event, RolloutState, Status
+from proxy.routing.router import NEW, ORIGINAL, Variant
 
 ACTIVE = (Status.PROGRESSING, Status.PAUSED)
 SHIFT_EVERY = 1.0  # seconds between Mann-Whitney evaluations (they merge histograms)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from proxy import config as config_mod
-from proxy.balance import Balancer, Endpoint
-from proxy.config import Address, Config, Pool
-from proxy.routing import NEW, ORIGINAL, Router, Variant
-from proxy.runtime import Runtime
-from proxy.state import Event
+from proxy.config import model as config_mod
+from proxy.config.model import Address, Config, Pool
+from proxy.control.state import Event
+from proxy.routing.router import NEW, ORIGINAL, Router, Variant
+from proxy.runtime.runtime import Runtime
+from proxy.upstream.pool import Balancer, Endpoint
 
 FIXED = ("listen", "admin", "rollout", "state")
 

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from proxy.units import parse_duration, parse_size
+from proxy.config.units import parse_duration, parse_size
 
 T = TypeVar("T")
 

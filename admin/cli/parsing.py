@@ -33,19 +33,20 @@ Exit codes a script can rely on:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from admin import client as api
-from admin.client import AdminClient, ClientError, UsageError
-
-if TYPE_CHECKING:
-    from proxy import config as config_mod
+from admin.cli import client as api
+from admin.cli.commands import (
+    cmd_action,
+    cmd_check,
+    cmd_demo,
+    cmd_events,
+    cmd_rollback,
+    cmd_run,
+    cmd_status,
+    cmd_watch,
+    cmd_weights,
+    guarded,
+)
 
 EXIT_CODES = """\
 exit codes:
@@ -63,167 +64,6 @@ ACTIONS = {
     "resume": "continue after a pause or an alert",
     "abort": "give the rollout up: everyone back to original",
 }
-CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
-
-
-# -- proxy commands ---------------------------------------------------------------
-def _load(path: str) -> config_mod.Config:
-    from proxy import config as config_mod
-
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as exc:
-        print(f"veer: config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config and print the effective one (defaults filled in)."""
-    cfg = _load(args.config)
-    print(json.dumps(cfg.to_dict(), indent=2, default=str))
-    print(f"veer: {args.config}: OK", file=sys.stderr)
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the proxy until SIGTERM (drains) or SIGINT."""
-    from admin.main import run
-
-    return run(_load(args.config))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Two demo backends, veer in front, traffic, and a live view of the split."""
-    from admin.demo import run_demo
-
-    return run_demo(seconds=args.seconds, weight=args.weight, rate=args.rate,
-                    degrade_at=args.degrade_at)
-
-
-# -- operator commands ------------------------------------------------------------
-def make_client(args: argparse.Namespace) -> AdminClient:
-    """The admin client the global options describe (flags, then environment, then defaults)."""
-    url = getattr(args, "admin", None) or os.environ.get(api.URL_ENV) or api.DEFAULT_URL
-    token_file = getattr(args, "token_file", None)
-    if token_file:
-        try:
-            token: str | None = Path(token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--token-file {token_file}: {exc.strerror}") from None
-        if not token:
-            raise UsageError(f"--token-file {token_file} is empty")
-    else:
-        token = os.environ.get(api.TOKEN_ENV, "").strip() or None
-    actor = getattr(args, "actor", None)
-    if actor is None:
-        actor = os.environ.get("USER", "").strip()
-        if not (actor and actor.isascii() and actor.isprintable()):
-            actor = "cli"
-    elif not actor.strip():
-        raise UsageError("--actor must not be empty")
-    return AdminClient(url, token, actor.strip()[:64], getattr(args, "timeout", 5.0))
-
-
-def _wants_json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False))
-
-
-def _emit(args: argparse.Namespace, answer: dict[str, Any],
-          render: Callable[[dict[str, Any]], str]) -> int:
-    print(json.dumps(answer, indent=2) if _wants_json(args) else render(answer))
-    return api.OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print the rollout, its gates, the weights and each variant's numbers."""
-    return _emit(args, make_client(args).status(), api.render_status)
-
-
-def cmd_weights(args: argparse.Namespace) -> int:
-    """Show the weights, or set them (``weights set``)."""
-    c = make_client(args)
-    if args.weights_command != "set":
-        return _emit(args, c.weights(), api.render_weights)
-    if args.new is None and args.original is None:
-        raise UsageError("weights set: give --new PERCENT and/or --original PERCENT")
-    return _emit(args, c.set_weights(new=args.new, original=args.original), api.render_mutation)
-
-
-def cmd_action(args: argparse.Namespace) -> int:
-    """advance, approve, promote, pause, resume or abort."""
-    return _emit(args, make_client(args).action(args.command, args.reason),
-                 api.render_mutation)
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    """Immediate, gradual or targeted rollback."""
-    if not args.gradual and (args.stages is not None or args.interval is not None):
-        raise UsageError("rollback: --stages and --interval need --gradual")
-    c = make_client(args)
-    if args.users is not None:
-        answer = c.rollback(args.reason, "targeted", users=args.users)
-    elif args.gradual:
-        stages = None if args.stages is None else [s / 100 for s in args.stages]
-        answer = c.rollback(args.reason, "gradual", stages=stages, interval=args.interval)
-    else:
-        answer = c.rollback(args.reason)
-    return _emit(args, answer, api.render_mutation)
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    """Events newest first, optionally filtered."""
-    return _emit(args, make_client(args).events(args.kind, args.filter_actor, args.limit),
-                 api.render_events)
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    """Reprint the status every ``--interval`` seconds until Ctrl-C (or ``--count`` times).
-
-    A failed refresh is shown in place and retried; the exit code is that of the
-    last refresh when ``--count`` ends the watch, 0 on Ctrl-C.
-    """
-    c = make_client(args)
-    code, shown = api.OK, 0
-    try:
-        while True:
-            try:
-                answer: dict[str, Any] | None = c.status()
-                code, problem = api.OK, ""
-            except ClientError as exc:
-                answer, code, problem = None, exc.exit_code, f"veer: {exc}"
-            shown += 1
-            if _wants_json(args):
-                print(json.dumps(answer if answer is not None else
-                                 {"error": problem, "exit_code": code}), flush=True)
-            else:
-                head = (f"veer watch  {c.url}  every {args.interval:g}s  {api.when(time.time())}"
-                        "  (Ctrl-C to stop)")
-                body = api.render_status(answer) if answer is not None else problem
-                sys.stdout.write(f"{CLEAR}{head}\n\n{body}\n")
-                sys.stdout.flush()
-            if args.count is not None and shown >= args.count:
-                return code
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        print()
-        return api.OK
-
-
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn a ``ClientError`` into ``veer: <message>`` on stderr and its exit code."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except ClientError as exc:
-            print(f"veer: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            return 130
-
-    run.__doc__ = func.__doc__
-    return run
-
 
 # -- argument types -----------------------------------------------------------------
 def _percent(text: str) -> float:
@@ -237,7 +77,7 @@ def _percent(text: str) -> float:
 
 
 def _positive_seconds(text: str) -> float:
-    from proxy.units import parse_duration  # the config's duration syntax: 250ms, 10s, 2m
+    from proxy.config.units import parse_duration  # the config's duration syntax: 250ms, 10s, 2m
 
     try:
         value = parse_duration(text)
@@ -340,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     status = admin_command("status", "the rollout, its gates, the weights and the numbers")
-    status.set_defaults(func=_guarded(cmd_status))
+    status.set_defaults(func=guarded(cmd_status))
 
     weights = admin_command("weights", "show the weights; 'weights set' changes them")
     wsub = weights.add_subparsers(dest="weights_command", metavar="[set]")
@@ -352,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     wset.add_argument("--new", type=_percent, metavar="PERCENT", help="percent on new")
     wset.add_argument("--original", type=_percent, metavar="PERCENT",
                       help="percent on original (with --new, the two must add up to 100)")
-    weights.set_defaults(func=_guarded(cmd_weights), new=None, original=None)
+    weights.set_defaults(func=guarded(cmd_weights), new=None, original=None)
 
     for action, help_ in ACTIONS.items():
         a = admin_command(action, help_)
         a.add_argument("--reason", metavar="TEXT", help="why (recorded for pause and abort)")
-        a.set_defaults(func=_guarded(cmd_action))
+        a.set_defaults(func=guarded(cmd_action))
 
     rb = admin_command("rollback", "roll back: immediately (default), gradually, or for "
                                    "some users only")
@@ -372,20 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "ending in 0 (default: the rollout's, e.g. 75,50,25,0)")
     rb.add_argument("--interval", type=_positive_seconds, metavar="DURATION",
                     help="with --gradual: time between steps, e.g. 10s")
-    rb.set_defaults(func=_guarded(cmd_rollback))
+    rb.set_defaults(func=guarded(cmd_rollback))
 
     ev = admin_command("events", "rollout events, newest first", _admin_options(actor=False))
     ev.add_argument("--kind", metavar="K", help="only this kind (advance, rollback, pause, ...)")
     ev.add_argument("--actor", dest="filter_actor", metavar="A",
                     help="only events by this actor (controller, or an operator)")
     ev.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N (1..500)")
-    ev.set_defaults(func=_guarded(cmd_events))
+    ev.set_defaults(func=guarded(cmd_events))
 
     w = admin_command("watch", "reprint the status until Ctrl-C")
     w.add_argument("--interval", type=_positive_seconds, default=1.0, metavar="SECONDS",
                    help="between refreshes (default: 1)")
     w.add_argument("--count", type=_count, metavar="N", help="stop after N refreshes")
-    w.set_defaults(func=_guarded(cmd_watch))
+    w.set_defaults(func=guarded(cmd_watch))
     return p
 
 
@@ -394,7 +234,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

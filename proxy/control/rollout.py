@@ -14,13 +14,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxy.controller import Controller
-from proxy.plan import Rollout, StateConfig
-from proxy.runtime import Runtime
-from proxy.state import Event, FileStore, MemoryStore, RolloutState, StateError, StateStore, Status
-from proxy.telemetry import RecorderTelemetry
-from proxy.timers import cancel
-from proxy.webhooks import ConfirmGate, Notifier
+from proxy.config.plan import Rollout, StateConfig
+from proxy.control.controller import Controller
+from proxy.control.state import (
+    Event,
+    FileStore,
+    MemoryStore,
+    RolloutState,
+    StateError,
+    StateStore,
+    Status,
+)
+from proxy.control.webhooks import ConfirmGate, Notifier
+from proxy.runtime.runtime import Runtime
+from proxy.telemetry.source import RecorderTelemetry
+from proxy.timing.sweeper import cancel
 
 log = logging.getLogger("veer.rollout")
 

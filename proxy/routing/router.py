@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 import mmh3
 
-from proxy.config import KeySource, Routing
+from proxy.config.model import KeySource, Routing
 
 Variant = Literal["original", "new"]
 ORIGINAL: Final = "original"

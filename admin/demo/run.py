@@ -21,10 +21,10 @@ import aiohttp
 import uvloop
 
 from admin.api import AdminServer
-from admin.backend import Backend, start_backend
-from proxy.config import ConfigError, from_dict
-from proxy.routing import NEW, ORIGINAL
-from proxy.server import ProxyServer
+from admin.demo.backend import Backend, start_backend
+from proxy.config.model import ConfigError, from_dict
+from proxy.routing.router import NEW, ORIGINAL
+from proxy.runtime.server import ProxyServer
 
 USERS = [f"user-{i}" for i in range(5000)]
 WORKERS = 16

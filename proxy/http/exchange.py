@@ -17,18 +17,18 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from proxy import h1
-from proxy.acquire import acquire
-from proxy.h1 import ProxyError
-from proxy.heads import interim_head, request_head, response_head
-from proxy.routing import ORIGINAL, Decision, Variant
-from proxy.upstream import Headers, UpstreamConnection, UpstreamProtocolError, take_idle
+from proxy.http import h1
+from proxy.http.h1 import ProxyError
+from proxy.http.heads import interim_head, request_head, response_head
+from proxy.routing.router import ORIGINAL, Decision, Variant
+from proxy.upstream.acquire import acquire
+from proxy.upstream.connection import Headers, UpstreamConnection, UpstreamProtocolError, take_idle
 
 if TYPE_CHECKING:
-    from proxy.balance import Endpoint
-    from proxy.inbound import ClientConnection
-    from proxy.request import Request
-    from proxy.runtime import Runtime
+    from proxy.http.inbound import ClientConnection
+    from proxy.http.request import Request
+    from proxy.runtime.runtime import Runtime
+    from proxy.upstream.pool import Endpoint
 
 SMALL_BODY = 64 * 1024
 _VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original", "new")}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from proxy import latency
-from proxy.latency import WindowStats
-from proxy.routing import VARIANTS, Variant
+from proxy.routing.router import VARIANTS, Variant
+from proxy.telemetry import latency
+from proxy.telemetry.latency import WindowStats
 
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "no_healthy", "overload")
 NO_THRESHOLD = 1 << 62

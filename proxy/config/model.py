@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy.confread import (
+from proxy.config.net import is_loopback as is_loopback  # re-exported
+from proxy.config.plan import Rollout, StateConfig, describe, read_rollout, read_state
+from proxy.config.reader import (
     DUR,
     SIZE,
     Reader,
@@ -29,12 +31,10 @@ from proxy.confread import (
     reject,
     text,
 )
-from proxy.confread import (
+from proxy.config.reader import (
     ConfigError as ConfigError,  # re-exported: callers catch it from here
 )
-from proxy.net import is_loopback as is_loopback  # re-exported
-from proxy.plan import Rollout, StateConfig, describe, read_rollout, read_state
-from proxy.units import parse_duration, parse_percent_bp
+from proxy.config.units import parse_duration, parse_percent_bp
 
 KEY_SOURCES = ("header", "cookie", "query")
 BALANCE_POLICIES = ("round_robin", "least_outstanding")

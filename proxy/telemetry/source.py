@@ -7,10 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from proxy import latency
-from proxy.controller import Totals
-from proxy.recorder import Recorder
-from proxy.routing import NEW, ORIGINAL, VARIANTS, Variant
+from proxy.control.controller import Totals
+from proxy.routing.router import NEW, ORIGINAL, VARIANTS, Variant
+from proxy.telemetry import latency
+from proxy.telemetry.recorder import Recorder
 
 
 class RecorderTelemetry:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proxy.config import Address, Health
+from proxy.config.model import Address, Health
 
 
 class Endpoint:

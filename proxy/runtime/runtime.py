@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from proxy.balance import Balancer, Endpoint
-from proxy.config import Config
-from proxy.fairness import ClientTable
-from proxy.recorder import Recorder
-from proxy.routing import NEW, ORIGINAL, Router, Variant
-from proxy.state import Event
-from proxy.timers import Sweeper
-from proxy.upstream import ReadBuffer, expire_idle
+from proxy.config.model import Config
+from proxy.control.state import Event
+from proxy.http.fairness import ClientTable
+from proxy.routing.router import NEW, ORIGINAL, Router, Variant
+from proxy.telemetry.recorder import Recorder
+from proxy.timing.sweeper import Sweeper
+from proxy.upstream.connection import ReadBuffer, expire_idle
+from proxy.upstream.pool import Balancer, Endpoint
 
 if TYPE_CHECKING:
-    from proxy.inbound import ClientConnection
-    from proxy.rollout import RolloutRunner
+    from proxy.control.rollout import RolloutRunner
+    from proxy.http.inbound import ClientConnection
 
 
 class Runtime:

@@ -21,7 +21,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.balance import Endpoint
+from proxy.upstream.pool import Endpoint
 
 # Parsed header lists are (name, value) as received.
 Headers = list[tuple[bytes, bytes]]

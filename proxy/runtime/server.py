@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy import latency
-from proxy.config import Config
-from proxy.inbound import ClientConnection
-from proxy.rollout import RolloutRunner, open_store
-from proxy.runtime import Runtime
+from proxy.config.model import Config
+from proxy.control.rollout import RolloutRunner, open_store
+from proxy.http.inbound import ClientConnection
+from proxy.runtime.runtime import Runtime
+from proxy.telemetry import latency
 
 
 class ProxyServer:

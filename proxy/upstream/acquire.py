@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.h1 import ProxyError
-from proxy.routing import ORIGINAL, Variant
-from proxy.upstream import UpstreamConnection, connect, take_idle
+from proxy.http.h1 import ProxyError
+from proxy.routing.router import ORIGINAL, Variant
+from proxy.upstream.connection import UpstreamConnection, connect, take_idle
 
 if TYPE_CHECKING:
-    from proxy.balance import Endpoint
-    from proxy.runtime import Runtime
+    from proxy.runtime.runtime import Runtime
+    from proxy.upstream.pool import Endpoint
 
 
 async def acquire(rt: Runtime, variant: Variant,

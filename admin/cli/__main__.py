@@ -1,0 +1,5 @@
+"""``python -m admin.cli``: the ``veer`` command."""
+
+from admin.cli.parsing import main
+
+raise SystemExit(main())

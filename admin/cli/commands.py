@@ -1,0 +1,181 @@
+"""What each ``veer`` command does: the proxy commands and the admin API's operator commands.
+
+The command line itself (options, help, exit codes) is ``admin.cli.parsing``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from admin.cli import client as api
+from admin.cli import render
+from admin.cli.client import AdminClient, ClientError, UsageError
+
+if TYPE_CHECKING:
+    from proxy.config import model as config_mod
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
+# -- proxy commands ---------------------------------------------------------------
+def _load(path: str) -> config_mod.Config:
+    from proxy.config import model as config_mod
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"veer: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config and print the effective one (defaults filled in)."""
+    cfg = _load(args.config)
+    print(json.dumps(cfg.to_dict(), indent=2, default=str))
+    print(f"veer: {args.config}: OK", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the proxy until SIGTERM (drains) or SIGINT."""
+    from admin.main import run
+
+    return run(_load(args.config))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Two demo backends, veer in front, traffic, and a live view of the split."""
+    from admin.demo.run import run_demo
+
+    return run_demo(seconds=args.seconds, weight=args.weight, rate=args.rate,
+                    degrade_at=args.degrade_at)
+
+
+# -- operator commands ------------------------------------------------------------
+def make_client(args: argparse.Namespace) -> AdminClient:
+    """The admin client the global options describe (flags, then environment, then defaults)."""
+    url = getattr(args, "admin", None) or os.environ.get(api.URL_ENV) or api.DEFAULT_URL
+    token_file = getattr(args, "token_file", None)
+    if token_file:
+        try:
+            token: str | None = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise UsageError(f"--token-file {token_file} is empty")
+    else:
+        token = os.environ.get(api.TOKEN_ENV, "").strip() or None
+    actor = getattr(args, "actor", None)
+    if actor is None:
+        actor = os.environ.get("USER", "").strip()
+        if not (actor and actor.isascii() and actor.isprintable()):
+            actor = "cli"
+    elif not actor.strip():
+        raise UsageError("--actor must not be empty")
+    return AdminClient(url, token, actor.strip()[:64], getattr(args, "timeout", 5.0))
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def _emit(args: argparse.Namespace, answer: dict[str, Any],
+          render: Callable[[dict[str, Any]], str]) -> int:
+    print(json.dumps(answer, indent=2) if _wants_json(args) else render(answer))
+    return api.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the rollout, its gates, the weights and each variant's numbers."""
+    return _emit(args, make_client(args).status(), render.render_status)
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Show the weights, or set them (``weights set``)."""
+    c = make_client(args)
+    if args.weights_command != "set":
+        return _emit(args, c.weights(), render.render_weights)
+    if args.new is None and args.original is None:
+        raise UsageError("weights set: give --new PERCENT and/or --original PERCENT")
+    return _emit(args, c.set_weights(new=args.new, original=args.original), render.render_mutation)
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    """advance, approve, promote, pause, resume or abort."""
+    return _emit(args, make_client(args).action(args.command, args.reason),
+                 render.render_mutation)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Immediate, gradual or targeted rollback."""
+    if not args.gradual and (args.stages is not None or args.interval is not None):
+        raise UsageError("rollback: --stages and --interval need --gradual")
+    c = make_client(args)
+    if args.users is not None:
+        answer = c.rollback(args.reason, "targeted", users=args.users)
+    elif args.gradual:
+        stages = None if args.stages is None else [s / 100 for s in args.stages]
+        answer = c.rollback(args.reason, "gradual", stages=stages, interval=args.interval)
+    else:
+        answer = c.rollback(args.reason)
+    return _emit(args, answer, render.render_mutation)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Events newest first, optionally filtered."""
+    return _emit(args, make_client(args).events(args.kind, args.filter_actor, args.limit),
+                 render.render_events)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Reprint the status every ``--interval`` seconds until Ctrl-C (or ``--count`` times).
+
+    A failed refresh is shown in place and retried; the exit code is that of the
+    last refresh when ``--count`` ends the watch, 0 on Ctrl-C.
+    """
+    c = make_client(args)
+    code, shown = api.OK, 0
+    try:
+        while True:
+            try:
+                answer: dict[str, Any] | None = c.status()
+                code, problem = api.OK, ""
+            except ClientError as exc:
+                answer, code, problem = None, exc.exit_code, f"veer: {exc}"
+            shown += 1
+            if _wants_json(args):
+                print(json.dumps(answer if answer is not None else
+                                 {"error": problem, "exit_code": code}), flush=True)
+            else:
+                head = (f"veer watch  {c.url}  every {args.interval:g}s  {render.when(time.time())}"
+                        "  (Ctrl-C to stop)")
+                body = render.render_status(answer) if answer is not None else problem
+                sys.stdout.write(f"{CLEAR}{head}\n\n{body}\n")
+                sys.stdout.flush()
+            if args.count is not None and shown >= args.count:
+                return code
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print()
+        return api.OK
+
+
+def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a ``ClientError`` into ``veer: <message>`` on stderr and its exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ClientError as exc:
+            print(f"veer: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return 130
+
+    run.__doc__ = func.__doc__
+    return run
