@@ -35,7 +35,8 @@ from admin.requests import (
     read_body,
 )
 from admin.wire_errors import JsonErrorRunner
-from proxy.config.model import ConfigError, is_loopback
+from proxy.config.net import is_loopback
+from proxy.config.reader import ConfigError
 from proxy.config.units import parse_duration, parse_percent_bp
 from proxy.control.state import Event
 from proxy.routing.router import ORIGINAL

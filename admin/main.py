@@ -17,7 +17,8 @@ import sys
 import uvloop
 
 from admin.api import AdminServer
-from proxy.config.model import Config, ConfigError
+from proxy.config.model import Config
+from proxy.config.reader import ConfigError
 from proxy.control.rollout import StateSaveError
 from proxy.control.state import StateError
 from proxy.runtime.reload import ReloadError, reload_recorded

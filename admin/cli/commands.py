@@ -19,16 +19,19 @@ from admin.cli import render
 from admin.cli.client import AdminClient, ClientError, UsageError
 
 if TYPE_CHECKING:
-    from proxy.config import model as config_mod
+    from proxy.config.model import Config
+
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 
 # -- proxy commands ---------------------------------------------------------------
-def _load(path: str) -> config_mod.Config:
-    from proxy.config import model as config_mod
+def _load(path: str) -> Config:
+    from proxy.config.load import load  # here: ``veer status`` need not import the proxy
+    from proxy.config.reader import ConfigError
+
     try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as exc:
+        return load(path)
+    except ConfigError as exc:
         print(f"veer: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -22,7 +22,8 @@ import uvloop
 
 from admin.api import AdminServer
 from admin.demo.backend import Backend, start_backend
-from proxy.config.model import ConfigError, from_dict
+from proxy.config.load import from_dict
+from proxy.config.reader import ConfigError
 from proxy.routing.router import NEW, ORIGINAL
 from proxy.runtime.server import ProxyServer
 

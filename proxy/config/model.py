@@ -1,40 +1,16 @@
-"""YAML config -> frozen, typed objects.
+"""The config as frozen, typed objects: every option and its one default, stated here.
 
-Every error names the file, the key path, the bad value and what was
-expected (``ConfigError``); the CLI turns it into exit code 2. Every option
-other than the upstream endpoints has a safe default.
+Reading YAML into these is ``proxy.config.load``; every option other than the
+upstream endpoints has a safe default, and the readers take it from the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import yaml
-
-from proxy.config.net import is_loopback as is_loopback  # re-exported
-from proxy.config.plan import Rollout, StateConfig, describe, read_rollout, read_state
-from proxy.config.reader import (
-    DUR,
-    SIZE,
-    Reader,
-    choice,
-    flag,
-    int_range,
-    list_of,
-    names,
-    positive,
-    read_flat,
-    reject,
-    text,
-)
-from proxy.config.reader import (
-    ConfigError as ConfigError,  # re-exported: callers catch it from here
-)
-from proxy.config.units import parse_duration, parse_percent_bp
+from proxy.config.plan import Rollout, StateConfig, describe
 
 KEY_SOURCES = ("header", "cookie", "query")
 BALANCE_POLICIES = ("round_robin", "least_outstanding")
@@ -165,12 +141,12 @@ class Config:
     """The whole effective config."""
 
     source: str
-    listen: Address
-    admin: Admin
     original: Pool
     new: Pool
-    routing: Routing
-    new_weight_bp: int
+    listen: Address = Address("127.0.0.1", 8080)
+    admin: Admin = Admin()
+    routing: Routing = Routing()
+    new_weight_bp: int = 0
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     health: Health = Health()
@@ -198,189 +174,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, frozenset):
         return sorted(value)
     return value
-
-
-def parse_listen(value: Any) -> Address:
-    """``host:port`` (``[::1]:port`` for IPv6) with a port 1..65535 (0 = any free port)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError
-    host, _, port_text = value.rpartition(":")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ValueError  # an IPv6 host needs brackets: "::1" is not host ":" port 1
-    host = host.strip("[]")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError
-    return Address(host, int(port_text))
-
-
-def parse_endpoint(value: Any) -> Address:
-    """``http://host:port`` (https is not supported upstream yet)."""
-    if not isinstance(value, str):
-        raise ValueError
-    parts = urlsplit(value)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError from None
-    if port == 0:
-        raise ValueError  # not a port one can connect to (was silently turned into 80)
-    if port is None:
-        port = 80
-    return Address(parts.hostname, port)
-
-
-def _key_source(value: Any) -> KeySource:
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError
-    kind, _, name = value.partition(":")
-    if kind not in KEY_SOURCES or not name.strip():
-        raise ValueError
-    return KeySource(kind, name.strip())
-
-
-def _read_pool(r: Reader, name: str, others: tuple[str, ...]) -> Pool:
-    p = r.section(name)
-    form = "a non-empty list of endpoint URLs like http://127.0.0.1:9001"
-    raw = p.require("endpoints", lambda v: v if isinstance(v, list) and v else reject(), form)
-    endpoints = []
-    for i, url in enumerate(raw):  # name the one bad entry, not the whole list
-        try:
-            endpoints.append(parse_endpoint(url))
-        except (ValueError, TypeError):
-            raise p.fail(f"endpoints[{i}]", url, "an endpoint URL like http://127.0.0.1:9001 "
-                         "(http, host, optional port 1..65535, no path)") from None
-    balance = p.get("balance", "round_robin", choice(BALANCE_POLICIES),
-                    " or ".join(BALANCE_POLICIES))
-    pick_other = choice(others)
-    failover = p.get("failover", None, lambda v: None if v in (None, "none") else pick_other(v),
-                     "none or " + " or ".join(others))
-    p.done()
-    return Pool(tuple(endpoints), balance, failover)
-
-
-def _read_cohort(r: Reader) -> Cohort:
-    users = r.get("users", frozenset[str](), names, "a list of user ids")
-    groups = r.get("groups", frozenset[str](), names, "a list of group names")
-    r.done()
-    return Cohort(users, groups)
-
-
-def _read_routing(r: Reader) -> Routing:
-    d = Routing()
-    sources = list_of(_key_source)
-    src_form = "a list of sources like ['header:X-User-Id', 'cookie:uid', 'query:uid']"
-    force = r.section("force")
-    routing = Routing(
-        salt=r.get("salt", d.salt, text, "a non-empty string"),
-        user_key=r.get("user_key", d.user_key, sources, src_form),
-        group_key=r.get("group_key", d.group_key, sources, src_form),
-        anonymous=r.get("anonymous", d.anonymous, choice(ANONYMOUS_MODES),
-                        " or ".join(ANONYMOUS_MODES)),
-        cookie_name=r.get("cookie_name", d.cookie_name, text, "a cookie name"),
-        cookie_max_age=int(r.get("cookie_max_age", float(d.cookie_max_age), parse_duration,
-                                 "a duration")),
-        force_enabled=force.get("enabled", d.force_enabled, flag, "true or false"),
-        force_header=force.get("header", d.force_header, text, "a header name"),
-        force_cookie=force.get("cookie", d.force_cookie, text, "a cookie name"),
-        allow=_read_cohort(r.section("allow")),
-        deny=_read_cohort(r.section("deny")),
-    )
-    force.done()
-    r.done()
-    return routing
-
-
-def _weight(value: Any) -> int:
-    return parse_percent_bp(value)
-
-
-def from_dict(data: object, source: str = "<config>") -> Config:
-    """Build a ``Config`` from parsed YAML, raising ``ConfigError`` on the first problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, "", data, "a YAML mapping at the top level")
-    r = Reader(source, data)
-    listen = r.get("listen", Address("127.0.0.1", 8080), parse_listen,
-                   "host:port, e.g. 127.0.0.1:8080")
-    a = r.section("admin")
-    admin = Admin(
-        listen=a.get("listen", Admin().listen, parse_listen, "host:port, e.g. 127.0.0.1:9901"),
-        token_file=a.get("token_file", None, text, "a file path"),
-    )
-    a.done()
-    u = r.section("upstreams")
-    if not u.has("original"):
-        raise u.fail("original", None, "a pool with endpoints (required)")
-    if not u.has("new"):
-        raise u.fail("new", None, "a pool with endpoints (required)")
-    original = _read_pool(u, "original", ())
-    new = _read_pool(u, "new", ("original",))
-    u.done()
-    routing = _read_routing(r.section("routing"))
-    w = r.section("weights")
-    new_bp = w.get("new", 0, _weight, "a percent 0..100 with at most two decimals, e.g. 10 or 12.5")
-    if w.has("original") and not w.has("new"):  # {original: 90} means new = 10
-        new_bp = 10000 - w.get("original", 10000, _weight, "a percent 0..100")
-    elif w.has("original"):
-        orig_bp = w.get("original", 10000 - new_bp, _weight, "a percent 0..100")
-        if orig_bp + new_bp != 10000:
-            raise w.fail("original", w.data["original"], f"100 - new = {(10000 - new_bp) / 100:g}")
-    w.done()
-    timeouts = read_flat(r.section("timeouts"), Timeouts(),
-                               {f.name: DUR for f in dataclasses.fields(Timeouts)})
-    limits = read_flat(r.section("limits"), Limits(), {
-        "max_header_bytes": SIZE, "max_headers": positive(10_000),
-        "max_body_bytes": SIZE, "max_concurrent_upstream": positive(1_000_000),
-        "max_idle_per_endpoint": (int_range(0, 100_000), "an integer 0..100000"),
-        "max_pipelined": positive(1024),
-        "max_concurrent_per_client": (int_range(0, 1_000_000), "an integer 0..1000000"),
-        "min_body_rate": SIZE,
-    })
-    health = read_flat(r.section("health"), Health(), {
-        "consecutive_failures": positive(1_000_000), "ejection_time": DUR,
-        "max_ejected_percent": (int_range(0, 100), "an integer 0..100"),
-    })
-    retries = r.get("connect_retries", 1, int_range(0, 10), "an integer 0..10")
-    recording = read_flat(r.section("recording"), Recording(), {
-        "enabled": (flag, "true or false"),
-        "window": (int_range(10, 3600), "whole seconds 10..3600"),
-    })
-    rollout = read_rollout(r.section("rollout"))
-    state = read_state(r.section("state"))
-    upgrades = r.get("upgrades", frozenset({"websocket"}), _upgrade_tokens,
-                     "a list of Upgrade protocol names, e.g. [websocket]")
-    r.done()
-    if limits.max_header_bytes < 1024:
-        raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
-                          "at least 1024 bytes")
-    return Config(source, listen, admin, original, new, routing, new_bp, timeouts, limits,
-                  health, retries, recording, rollout, state, upgrades)
-
-
-def _upgrade_tokens(value: Any) -> frozenset[str]:
-    tokens = names(value)
-    if any(not t.isascii() or not t.replace("-", "").replace(".", "").replace("/", "").isalnum()
-           for t in tokens):
-        raise ValueError
-    return frozenset(t.lower() for t in tokens)
-
-
-def load(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(name, "", None, f"a readable file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", None, "UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(name, "", where, f"valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except Exception as exc:  # PyYAML's constructors leak these: 2001-02-30, !!int x, ...
-        raise ConfigError(name, "", None, f"valid YAML ({type(exc).__name__}: {exc})") from None
-    return from_dict(data, name)

@@ -11,9 +11,19 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.reader import DUR, Reader, choice, flag, int_range, names, read_flat, reject, text
+from proxy.config.hooks import Hook
+from proxy.config.reader import (
+    DUR,
+    Reader,
+    choice,
+    flag,
+    int_range,
+    names,
+    read_flat,
+    reject,
+    text,
+)
 from proxy.config.units import parse_duration, parse_percent_bp, parse_rate
-from proxy.control.webhooks import Hook
 
 ON_BREACH = ("rollback", "alert")
 PRESETS = ("canary", "linear", "blue-green", "ring")
@@ -105,12 +115,12 @@ def _read_phase(r: Reader, index: int, default_gates: Gates) -> Phase:
     gates = read_gates(r.section("gates")) if r.has("gates") else default_gates
     phase = Phase(
         name=name, weight_bp=weight,
-        duration=r.get("duration", 0.0, parse_duration, DUR[1]),
+        duration=r.field(Phase, "duration", parse_duration, DUR[1]),
         gates=gates,
-        approval=r.get("approval", False, flag, "true or false"),
-        on_breach=r.get("on_breach", "rollback", choice(ON_BREACH), " or ".join(ON_BREACH)),
-        allow_users=r.get("allow_users", frozenset[str](), names, "a list of user ids"),
-        allow_groups=r.get("allow_groups", frozenset[str](), names, "a list of groups"),
+        approval=r.field(Phase, "approval", flag, "true or false"),
+        on_breach=r.field(Phase, "on_breach", choice(ON_BREACH), " or ".join(ON_BREACH)),
+        allow_users=r.field(Phase, "allow_users", names, "a list of user ids"),
+        allow_groups=r.field(Phase, "allow_groups", names, "a list of groups"),
     )
     r.done()
     return phase
@@ -127,9 +137,9 @@ def _read_hooks(r: Reader, key: str) -> tuple[Hook, ...]:
         h = Reader(r.file, entry, f"{r.path}.{key}[{i}]")
         url = h.require("url", lambda v: v if isinstance(v, str) and v.startswith("http://")
                         else reject(), "an http:// URL")
-        timeout = h.get("timeout", 5.0, _seconds, DUR[1])
-        retries = h.get("retries", 3, int_range(0, 10), "an integer 0..10")
-        events = h.get("events", frozenset[str](), names, "a list of event kinds")
+        timeout = h.field(Hook, "timeout", _seconds, DUR[1])
+        retries = h.field(Hook, "retries", int_range(0, 10), "an integer 0..10")
+        events = h.field(Hook, "events", names, "a list of event kinds")
         h.done()
         try:
             hooks.append(Hook(url, timeout, retries, events))
@@ -143,7 +153,7 @@ def read_rollout(r: Reader) -> Rollout | None:
     if not r.data:
         return None
     name = r.get("name", "rollout", text, "a rollout name")
-    tick = r.get("tick", 0.25, _seconds, DUR[1])
+    tick = r.field(Rollout, "tick", _seconds, DUR[1])
     if tick > 10:
         raise r.fail("tick", r.data["tick"], "at most 10s (rollback speed depends on it)")
     gates = read_gates(r.section("gates")) if r.has("gates") else Gates()
@@ -162,15 +172,14 @@ def read_rollout(r: Reader) -> Rollout | None:
     else:
         preset = r.require("preset", choice(PRESETS), "a plan or a preset: " + ", ".join(PRESETS))
         phases = _expand_preset(preset, r, gates)
-    default_stages: tuple[float, ...] = (0.75, 0.5, 0.25, 0.0)
-    stages = r.get("rollback_stages", default_stages, _stages,
+    stages = r.field(Rollout, "rollback_stages", _stages,
                    "a list of decreasing fractions of the weight ending in 0, e.g. [75%, 50%, 0]")
     rollout = Rollout(
         name=name, phases=tuple(phases), tick=tick,
         rollback_stages=stages,
-        rollback_interval=r.get("rollback_interval", 10.0, _seconds, DUR[1]),
+        rollback_interval=r.field(Rollout, "rollback_interval", _seconds, DUR[1]),
         confirm=_read_hooks(r, "confirm"),
-        confirm_retry=r.get("confirm_retry", 10.0, _seconds, DUR[1]),
+        confirm_retry=r.field(Rollout, "confirm_retry", _seconds, DUR[1]),
         notify=_read_hooks(r, "notify"),
     )
     r.done()
@@ -261,9 +270,10 @@ def _rings(value: Any) -> tuple[frozenset[str], ...]:
 def read_state(r: Reader) -> StateConfig:
     """The ``state:`` section."""
     state = StateConfig(
-        path=r.get("path", None, text, "a file path"),
-        on_corrupt=r.get("on_corrupt", "safe", choice(("safe", "refuse")), "safe or refuse"),
-        max_events=r.get("max_events", 500, int_range(10, 100_000), "an integer 10..100000"),
+        path=r.field(StateConfig, "path", text, "a file path"),
+        on_corrupt=r.field(StateConfig, "on_corrupt", choice(("safe", "refuse")), "safe or refuse"),
+        max_events=r.field(StateConfig, "max_events", int_range(10, 100_000),
+                           "an integer 10..100000"),
     )
     r.done()
     return state

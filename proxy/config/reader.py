@@ -63,6 +63,11 @@ class Reader:
         except (ValueError, TypeError):
             raise self.fail(key, value, expected) from None
 
+    def field(self, model: type, key: str, convert: Callable[[Any], T], expected: str) -> T:
+        """``get`` with the default that ``model`` states for its field named ``key``."""
+        fallback: T = default(model, key)
+        return self.get(key, fallback, convert, expected)
+
     def require(self, key: str, convert: Callable[[Any], T], expected: str) -> T:
         if key not in self.data:
             raise self.fail(key, None, expected + " (required)")
@@ -78,6 +83,19 @@ class Reader:
             if key not in self.used and key not in allowed_extra:
                 known = ", ".join(sorted(self.used | set(allowed_extra)))
                 raise self.fail(str(key), self.data[key], f"no such key here (known: {known})")
+
+
+def default(cls: type, name: str) -> Any:
+    """The default a dataclass states for field ``name``: readers take it from there, so each
+    default is written once, in the model."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name}")
 
 
 def int_range(lo: int, hi: int) -> Callable[[Any], int]:

@@ -28,7 +28,7 @@ from proxy.control.state import (
 from proxy.control.webhooks import ConfirmGate, Notifier
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry.source import RecorderTelemetry
-from proxy.timing.sweeper import cancel
+from proxy.timing.tasks import cancel
 
 log = logging.getLogger("veer.rollout")
 

@@ -13,37 +13,15 @@ import json
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
+
+from proxy.config.hooks import Hook
 
 log = logging.getLogger("veer.webhooks")
 
 HEADERS = {"Content-Type": "application/json", "User-Agent": "veer"}
 MAX_BACKOFF = 10.0  # seconds; keeps a long retry series from stalling the queue for minutes
-
-
-@dataclass(frozen=True, slots=True)
-class Hook:
-    """One receiver: where to POST, how long to wait, and which event kinds it wants."""
-
-    url: str
-    timeout: float = 5.0  # seconds per attempt
-    retries: int = 3  # extra attempts after the first, for notifications
-    events: frozenset[str] = frozenset()  # event kinds to send; empty = all
-
-    def __post_init__(self) -> None:
-        # Fail at startup, not on the first event hours into a rollout.
-        url = urlsplit(self.url)
-        if url.scheme != "http" or not url.hostname or url.port == 0:  # .port: ValueError if bad
-            raise ValueError(f"webhook url must be http://host[:port]/path, got {self.url!r}")
-        if self.timeout <= 0 or self.retries < 0:
-            raise ValueError(f"webhook {self.url}: need timeout > 0 and retries >= 0")
-
-    def wants(self, kind: str) -> bool:
-        """True if events of ``kind`` go to this hook."""
-        return not self.events or kind in self.events
 
 
 def _encode(what: str, payload: Mapping[str, object]) -> bytes | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from proxy.config import model as config_mod
+from proxy.config.load import load
 from proxy.config.model import Address, Config, Pool
 from proxy.control.state import Event
 from proxy.routing.router import NEW, ORIGINAL, Router, Variant
@@ -41,7 +41,7 @@ def reload(rt: Runtime, path: str | None = None) -> list[str]:
     Raises ``config.ConfigError`` (invalid file) or ``ReloadError`` (a key that needs a
     restart); in both cases nothing has changed.
     """
-    new = config_mod.load(path or rt.config.source)
+    new = load(path or rt.config.source)
     old = rt.config
     changed = _changed(old, new)
     fixed = [k for k in changed if k in FIXED]

@@ -10,19 +10,12 @@ measured in seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
+from proxy.timing.tasks import cancel
+
 log = logging.getLogger("veer.timers")
-
-
-async def cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel a background task and wait until it has finished."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class Timed(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from admin.demo.backend import Backend, start_backend
-from proxy.config.model import from_dict
+from proxy.config.load import from_dict
 from proxy.runtime.server import ProxyServer
 
 StartVeer = Callable[..., Awaitable[ProxyServer]]

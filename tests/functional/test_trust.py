@@ -386,7 +386,7 @@ async def test_pipelined_requests_keep_the_decision_of_their_arrival(
 
 async def test_a_reload_of_the_user_key_reaches_open_connections(
         start_veer: StartVeer, tmp_path: Any) -> None:
-    from proxy.config.model import from_dict
+    from proxy.config.load import from_dict
     from proxy.runtime import reload
 
     async with ScriptedBackend() as backend:
@@ -488,7 +488,7 @@ async def test_a_reload_is_an_event_saved_and_sent_to_webhooks(
     import yaml
     from aiohttp import web
 
-    from proxy.config.model import load
+    from proxy.config.load import load
     from proxy.runtime import reload
 
     hooked: list[dict[str, Any]] = []

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.control.webhooks import ConfirmGate, Hook, Notifier
+from proxy.config.hooks import Hook
+from proxy.control.webhooks import ConfirmGate, Notifier
 
 
 @dataclass

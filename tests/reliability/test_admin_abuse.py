@@ -19,7 +19,7 @@ import yaml
 
 from admin.api import AdminServer
 from admin.demo.backend import Backend
-from proxy.config.model import load
+from proxy.config.load import load
 from proxy.runtime.runtime import Runtime
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import base_config

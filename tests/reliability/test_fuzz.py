@@ -29,7 +29,8 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from admin.api import AdminServer
-from proxy.config.model import ConfigError, from_dict, load
+from proxy.config.load import from_dict, load
+from proxy.config.reader import ConfigError
 from proxy.control.controller import Controller
 from proxy.runtime.server import ProxyServer
 

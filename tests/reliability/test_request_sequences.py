@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from proxy.config.model import from_dict
+from proxy.config.load import from_dict
 from proxy.runtime.server import ProxyServer
 from tests.reliability.recording_backend import (
     BEHAVIOURS,

@@ -12,23 +12,20 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config.load import from_dict, load, parse_endpoint, parse_listen
 from proxy.config.model import (
     Address,
     Admin,
     Cohort,
     Config,
-    ConfigError,
     Health,
     KeySource,
     Limits,
     Routing,
     Timeouts,
-    from_dict,
-    is_loopback,
-    load,
-    parse_endpoint,
-    parse_listen,
 )
+from proxy.config.net import is_loopback
+from proxy.config.reader import ConfigError
 
 SAMPLE_YAML = """\
 listen: 127.0.0.1:8080

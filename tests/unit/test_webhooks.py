@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from proxy.control.webhooks import Hook, Notifier
+from proxy.config.hooks import Hook
+from proxy.control.webhooks import Notifier
 
 
 @pytest.mark.parametrize(
