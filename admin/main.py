@@ -16,7 +16,7 @@ import sys
 
 import uvloop
 
-from admin.api import AdminServer
+from admin.server import AdminServer
 from proxy.config.model import Config
 from proxy.config.reader import ConfigError
 from proxy.control.rollout import StateSaveError
@@ -29,14 +29,18 @@ log = logging.getLogger("veer")
 
 async def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code."""
-    proxy = ProxyServer(config)
-    await proxy.start()
-    admin = AdminServer(proxy.rt)
-    try:
+    async with contextlib.AsyncExitStack() as lifecycle:  # stops in reverse, every step
+        proxy = ProxyServer(config)
+        await proxy.start()
+        lifecycle.push_async_callback(proxy.stop)
+        admin = AdminServer(proxy.rt)
         await admin.start()
-    except BaseException:
-        await proxy.stop()
-        raise
+        lifecycle.push_async_callback(admin.stop)
+        await _serve_until_signalled(proxy, config)
+    return 0
+
+
+async def _serve_until_signalled(proxy: ProxyServer, config: Config) -> None:
     # Everything built so far (modules, numpy/scipy, config: ~90k objects) lives as long as
     # the process: move it out of the collector's sight. A full collection over it stalls
     # the loop ~35 ms (measured with gc.callbacks); after the freeze it walks ~2k objects.
@@ -51,17 +55,10 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, proxy)
     log.info("veer listening on %s, admin on %s (new weight %.2f%%)", config.listen,
              config.admin.listen, config.new_weight_bp / 100)
-    try:
-        await stop.wait()
-        log.info("draining (up to %.0fs)", config.timeouts.drain)
-        if not await proxy.drain():
-            log.warning("drain timeout: %d connections cut", len(proxy.rt.connections))
-    finally:
-        try:
-            await admin.stop()
-        finally:
-            await proxy.stop()
-    return 0
+    await stop.wait()
+    log.info("draining (up to %.0fs)", config.timeouts.drain)
+    if not await proxy.drain():
+        log.warning("drain timeout: %d connections cut", len(proxy.rt.connections))
 
 
 def _reload(proxy: ProxyServer) -> None:
@@ -70,9 +67,6 @@ def _reload(proxy: ProxyServer) -> None:
         changed = reload_recorded(proxy.rt, "SIGHUP")
     except (ConfigError, ReloadError) as exc:
         log.error("reload refused, still running the previous config: %s", exc)
-        return
-    except StateSaveError as exc:
-        log.error("%s", exc)
         return
     log.info("reloaded %s: %s", proxy.rt.config.source, ", ".join(changed) or "no changes")
 
@@ -93,6 +87,6 @@ def run(config: Config) -> int:
     _raise_fd_limit()
     try:
         return uvloop.run(serve(config))
-    except (OSError, StateError, RuntimeError) as exc:  # port taken, state refused, ...
+    except (OSError, StateError, StateSaveError, RuntimeError) as exc:  # port taken, ...
         log.error("cannot start: %s", exc)
         return 1

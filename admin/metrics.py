@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from proxy.routing.router import NEW, ORIGINAL, VARIANTS
+from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
 
@@ -93,8 +93,8 @@ class VeerCollector(Collector):
 
         weight = GaugeMetricFamily("veer_weight_ratio", "Share of users routed to each variant.",
                                    labels=["variant"])
-        weight.add_metric([NEW], rt.new_weight_bp / 10000)
-        weight.add_metric([ORIGINAL], 1 - rt.new_weight_bp / 10000)
+        weight.add_metric([NEW], rt.live.new_weight_bp / 10000)
+        weight.add_metric([ORIGINAL], 1 - rt.live.new_weight_bp / 10000)
         yield weight
 
         healthy = GaugeMetricFamily("veer_endpoint_healthy",

@@ -12,7 +12,7 @@ import numpy as np
 
 from proxy.control import analysis
 from proxy.control.state import Event
-from proxy.routing.router import NEW, ORIGINAL, VARIANTS
+from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
@@ -22,7 +22,7 @@ WINDOW = 10  # seconds behind "current" rates and percentiles
 
 def weights(rt: Runtime) -> dict[str, float]:
     """Percent of users on each variant."""
-    return {ORIGINAL: (10000 - rt.new_weight_bp) / 100, NEW: rt.new_weight_bp / 100}
+    return {ORIGINAL: (10000 - rt.live.new_weight_bp) / 100, NEW: rt.live.new_weight_bp / 100}
 
 
 def _stats(s: WindowStats) -> dict[str, float | int]:

@@ -20,11 +20,11 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend, start_backend
+from admin.server import AdminServer
 from proxy.config.load import from_dict
 from proxy.config.reader import ConfigError
-from proxy.routing.router import NEW, ORIGINAL
+from proxy.routing.variant import NEW, ORIGINAL
 from proxy.runtime.server import ProxyServer
 
 USERS = [f"user-{i}" for i in range(5000)]
@@ -83,7 +83,7 @@ class _Traffic:
 def _line(server: ProxyServer, elapsed: float, last: dict[str, int], dt: float) -> str:
     rt = server.rt
     now = rt.loop.time()
-    head = f"{elapsed:5.0f}s  new {rt.new_weight_bp / 100:5.1f}%"
+    head = f"{elapsed:5.0f}s  new {rt.live.new_weight_bp / 100:5.1f}%"
     if rt.rollout is not None:
         c = rt.rollout.controller
         head += f"  {c.phase.name:>6}/{c.state.status:<12}"

@@ -17,45 +17,19 @@ through a small protocol, and the caller persists ``state`` when ``dirty``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from proxy.config.plan import Phase, Rollout
 from proxy.control import analysis
 from proxy.control.analysis import Cusum, Finding, Verdict
 from proxy.control.state import Event, RolloutState, Status
-from proxy.routing.router import NEW, ORIGINAL, Variant
+from proxy.routing.variant import NEW, ORIGINAL
+from proxy.telemetry.source import TelemetrySource, Totals
 
 ACTIVE = (Status.PROGRESSING, Status.PAUSED)
 SHIFT_EVERY = 1.0  # seconds between Mann-Whitney evaluations (they merge histograms)
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Cumulative counts for one variant since telemetry started (or was re-armed)."""
-
-    requests: int = 0
-    failures: int = 0
-    slow_p99: int = 0  # slower than the phase's p99 limit
-    slow_p999: int = 0
-
-    def __sub__(self, other: Totals) -> Totals:
-        return Totals(self.requests - other.requests, self.failures - other.failures,
-                      self.slow_p99 - other.slow_p99, self.slow_p999 - other.slow_p999)
-
-
-class Telemetry(Protocol):
-    """Where the controller reads traffic from (the local recorder now, merged slots later)."""
-
-    def totals(self, variant: Variant) -> Totals: ...
-    def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None: ...
-    def mark(self) -> None: ...
-    def latency_histograms(
-        self,
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 
 
 class ActionError(Exception):
@@ -71,7 +45,7 @@ class Controller:
         return RolloutState(rollout=rollout.name, weight_bp=rollout.phases[0].weight_bp,
                             phase_started=now)
 
-    def __init__(self, rollout: Rollout, telemetry: Telemetry, state: RolloutState,
+    def __init__(self, rollout: Rollout, telemetry: TelemetrySource, state: RolloutState,
                  now: float) -> None:
         self.rollout = rollout
         self.telemetry = telemetry

@@ -1,33 +1,28 @@
 """Runs the controller in a live process: schedules ticks, applies weights, persists, notifies.
 
 The loop only sleeps and calls ``step``; every decision is the controller's.
-After each tick or action the runner applies the controller's weight and
-cohorts to the router (the next request sees them), writes the state if it
-changed, and hands the events to the webhook notifier, which never blocks.
+After each tick or action the runner writes the controller's weight and
+cohorts to the ``LiveState`` the router reads (the next request sees them),
+saves the state when it changed (in the background: a tick never waits on a
+disk), and hands the events to the webhook notifier, which never blocks.
+Before deciding anything it asks the ``Lease``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from proxy.config.plan import Rollout, StateConfig
-from proxy.control.controller import Controller
-from proxy.control.state import (
-    Event,
-    FileStore,
-    MemoryStore,
-    RolloutState,
-    StateError,
-    StateStore,
-    Status,
-)
+from proxy.control.controller import ActionError, Controller
+from proxy.control.lease import Lease
+from proxy.control.state import Event, RolloutState, StateError, Status
+from proxy.control.store import FileStore, MemoryStore, StateStore, VersionConflict
 from proxy.control.webhooks import ConfirmGate, Notifier
-from proxy.runtime.runtime import Runtime
-from proxy.telemetry.source import RecorderTelemetry
+from proxy.routing.live import LiveState
+from proxy.telemetry.source import TelemetrySource
+from proxy.timing.clock import Clock
 from proxy.timing.tasks import cancel
 
 log = logging.getLogger("veer.rollout")
@@ -38,26 +33,28 @@ class StateSaveError(Exception):
     every tick until it succeeds."""
 
 
-def open_store(cfg: StateConfig) -> StateStore:
+def open_store(cfg: StateConfig, clock: Clock) -> StateStore:
     """The configured store, locked for this process."""
     if cfg.path is None:
-        return MemoryStore()
-    store = FileStore(cfg.path, cfg.max_events)
+        return MemoryStore(cfg.max_events)
+    store = FileStore(cfg.path, cfg.max_events, clock)
     store.lock()
     return store
 
 
-def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
-               now: float) -> RolloutState:
-    """The saved state if it fits this rollout; otherwise start safe or refuse, as configured.
+async def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
+                     now: float) -> tuple[RolloutState, int]:
+    """The saved state (and its version) if it fits this rollout; otherwise start safe or
+    refuse, as configured.
 
     A state file that cannot be read, or that belongs to another rollout or plan, is
     kept aside (never overwritten); ``safe`` starts with all traffic on original and
     status needs-attention, ``refuse`` raises ``StateError`` saying why.
     """
     problem = ""
+    version = 0
     try:
-        state = store.load()
+        state, version = await store.load()
     except StateError as exc:
         state, problem = None, str(exc)
     if state is not None and (state.rollout != rollout.name
@@ -65,10 +62,11 @@ def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
         problem = (f"state belongs to rollout {state.rollout!r} phase {state.phase}, "
                    f"not this plan ({rollout.name!r}, {len(rollout.phases)} phases)")
         if isinstance(store, FileStore):
-            problem += f" (kept aside as {store._keep_aside()})"
+            problem += f" (kept aside as {store.keep_aside()})"
+            version = 0
         state = None
     if not problem:
-        return state if state is not None else Controller.fresh_state(rollout, now)
+        return (state if state is not None else Controller.fresh_state(rollout, now)), version
     if cfg.on_corrupt == "refuse":
         raise StateError(problem + "; refusing to start (state.on_corrupt: refuse)")
     log.error("%s; starting safe: all traffic to original, status needs-attention", problem)
@@ -76,28 +74,38 @@ def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
                         phase_started=now)
     safe.events.append(Event(now, "state-unreadable", "?", str(Status.NEEDS_ATTENTION),
                              problem, "veer"))
-    return safe
+    return safe, version
 
 
 class RolloutRunner:
     """The controller's life in a process: tick loop, weights, persistence, webhooks."""
 
-    def __init__(self, rt: Runtime, rollout: Rollout, store: StateStore,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.rt = rt
+    def __init__(self, rollout: Rollout, store: StateStore, telemetry: TelemetrySource,
+                 live: LiveState, clock: Clock, lease: Lease, state: RolloutState,
+                 version: int = 0, max_events: int = 500) -> None:
         self.rollout = rollout
         self.store = store
+        self.live = live
         self.clock = clock
-        now = clock()
-        state = load_state(store, rollout, rt.config.state, now)
-        telemetry = RecorderTelemetry(rt.recorder, rt.loop.time)
-        self.controller = Controller(rollout, telemetry, state, now)
+        self.lease = lease
+        self.max_events = max_events
+        self.controller = Controller(rollout, telemetry, state, clock.wall())
         self.notifier = Notifier(rollout.notify) if rollout.notify else None
         self.confirm = ConfirmGate(rollout.confirm) if rollout.confirm else None
-        self._task: asyncio.Task[None] | None = None
         self.rollbacks: dict[str, int] = {}  # by reason, for /metrics
+        self.save_error: Exception | None = None  # the last save's failure, until one works
+        self._task: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._version = version
+        self._wanted = self._saved = 0  # generations of the state: changed, written
+        store.watch(self._changed_elsewhere)
         self.controller.dirty = True  # write the state we start from
         self._after([])
+
+    @property
+    def events(self) -> list[Event]:
+        """The rollout's events, oldest first."""
+        return self.controller.state.events
 
     async def start(self) -> None:
         """Start webhooks and the tick loop."""
@@ -108,16 +116,20 @@ class RolloutRunner:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="veer-rollout")
 
     async def stop(self) -> None:
-        """Stop the loop, flush notifications, release the state file."""
+        """Stop the loop, write what is unsaved, flush notifications, release the store."""
         await cancel(self._task)
         self._task = None
         try:
+            try:
+                await self.flush()
+            except StateSaveError as exc:
+                log.error("%s", exc)
             if self.confirm is not None:
                 await self.confirm.stop()
             if self.notifier is not None:
                 await self.notifier.stop()
         finally:
-            self.store.close()
+            await self.store.close()
 
     async def _run(self) -> None:
         while True:
@@ -128,8 +140,12 @@ class RolloutRunner:
                 log.exception("controller tick failed")
 
     def step(self) -> list[Event]:
-        """One tick: decide, apply, persist, notify."""
+        """One tick: decide (if this process holds the lease), apply, persist, notify."""
+        self._save_in_background()  # retries a save that failed
         c = self.controller
+        now = self.clock.wall()
+        if not self.lease.held(now):
+            return []
         if self.confirm is not None and c.confirm_request is not None:
             key = c.confirm_request
             result = self.confirm.result(key)
@@ -138,17 +154,18 @@ class RolloutRunner:
                                            "next": c.state.phase + 1})
             else:
                 c.confirmed(key, result)
-        try:
-            return self._after(c.tick(self.clock()))
-        except StateSaveError as exc:
-            log.error("%s", exc)
-            return []
+        return self._after(c.tick(now))
 
-    def act(self, action: str, actor: str, **kwargs: Any) -> list[Event]:
-        """Run a controller action (advance, promote, ...) and apply it at once."""
+    async def act(self, action: str, actor: str, **kwargs: Any) -> list[Event]:
+        """Run a controller action (advance, promote, ...), apply it at once, and return
+        once it is saved (``StateSaveError`` if it could not be: it applies in memory)."""
+        now = self.clock.wall()
+        if not self.lease.held(now):
+            raise ActionError("another veer process holds the rollout lease; act there")
         method = getattr(self.controller, action)
-        events: list[Event] = method(self.clock(), actor, **kwargs)
-        return self._after(events)
+        events: list[Event] = self._after(method(now, actor, **kwargs))
+        await self.flush()
+        return events
 
     def record(self, event: Event) -> list[Event]:
         """Add an event made outside the controller (a reload): saved and notified like any."""
@@ -157,22 +174,36 @@ class RolloutRunner:
         return self._after([event])
 
     def apply(self) -> None:
-        """Put the controller's weight and cohorts on the router (the next request sees them)."""
+        """Put the controller's weight and cohorts on the live state (the next request
+        sees them)."""
         c = self.controller
         allow_users, allow_groups = c.allowed()
-        self.rt.router.set_overrides(allow_users, allow_groups, frozenset(c.state.deny_users))
-        self.rt.set_weight(c.weight_bp)
+        self.live.set_cohorts(allow_users, allow_groups, frozenset(c.state.deny_users))
+        self.live.set_weight(c.weight_bp)
+
+    async def flush(self) -> None:
+        """Wait until the state as it is now is saved; ``StateSaveError`` if it cannot be."""
+        self._save_in_background()
+        while self._saver is not None and not self._saver.done():
+            await asyncio.shield(self._saver)
+            self._save_in_background()
+            if self.save_error is not None:
+                break
+        if self._saved < self._wanted:
+            failed = self.save_error
+            cause = getattr(failed, "strerror", None) or failed
+            raise StateSaveError(f"rollout state not saved ({cause}); the change applies in "
+                                 "memory and saving is retried every tick")
 
     def _after(self, events: list[Event]) -> list[Event]:
         c = self.controller
         self.apply()
-        failed: OSError | None = None
         if c.dirty:
-            try:
-                self.store.save(c.state)
-                c.dirty = False
-            except OSError as exc:  # disk full, read-only: keep serving, retry next tick
-                failed = exc
+            c.dirty = False
+            del c.state.events[:-self.max_events]
+            self._wanted += 1
+            self.save_error = None  # a new state: try it, even after a failure
+            self._save_in_background()
         for e in events:
             if e.kind.startswith("rollback") and e.kind != "rollback-step":
                 reason = ("breach" if e.actor == "controller" and e.kind == "rollback"
@@ -182,7 +213,32 @@ class RolloutRunner:
                      e.to, e.reason, e.actor)
             if self.notifier is not None:
                 self.notifier.notify({"rollout": self.rollout.name, **e.to_dict()})
-        if failed is not None:
-            raise StateSaveError(f"rollout state not saved ({failed.strerror or failed}); the "
-                                 "change applies in memory and saving is retried every tick")
         return events
+
+    def _save_in_background(self) -> None:
+        if not self.lease.held(self.clock.wall()):
+            return  # only the lease holder writes; the others take what it saves
+        if self._saved < self._wanted and (self._saver is None or self._saver.done()):
+            self._saver = asyncio.get_running_loop().create_task(self._save(),
+                                                                 name="veer-state-save")
+
+    async def _save(self) -> None:
+        """Write the newest state until what is written is what is wanted, or it fails."""
+        while self._saved < self._wanted:
+            wanted = self._wanted
+            try:
+                self._version = await self.store.save(self.controller.state, self._version)
+            except (OSError, VersionConflict) as exc:  # disk full, read-only, another writer
+                if self.save_error is None:
+                    log.error("rollout state not saved: %s (retried every tick)", exc)
+                self.save_error = exc
+                return
+            self._saved = wanted
+            self.save_error = None
+
+    def _changed_elsewhere(self, state: RolloutState, version: int) -> None:
+        """Another process saved: take its state (the lease holder's decisions) as ours."""
+        if version > self._version:
+            self._version = version
+            self.controller.state = state
+            self.apply()

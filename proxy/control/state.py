@@ -1,23 +1,10 @@
-"""Rollout state, its events, and the durable store (one JSON file, written atomically).
-
-Every change is written whole: to a temporary file in the same directory,
-fsync'd, renamed over the old one, and the directory fsync'd, so a crash
-leaves either the old state or the new one, never half of either. A file that
-cannot be read is moved aside (never overwritten) and reported. One writer
-only: the store holds an exclusive lock for as long as the process runs.
-"""
+"""Rollout state and its events: what is saved, and how it reads back (stores: ``store``)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 FORMAT = 1
 
@@ -106,92 +93,3 @@ class StateError(Exception):
     def __init__(self, message: str, kept: str | None = None) -> None:
         super().__init__(message + (f" (kept aside as {kept})" if kept else ""))
         self.kept = kept
-
-
-class StateStore(Protocol):
-    """Where rollout state lives (a file now; a shared store with a version later)."""
-
-    def load(self) -> RolloutState | None: ...
-    def save(self, state: RolloutState) -> None: ...
-    def close(self) -> None: ...
-
-
-class MemoryStore:
-    """State kept in memory only (no ``state.path`` configured)."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] | None = None
-
-    def load(self) -> RolloutState | None:
-        return None if self.saved is None else RolloutState.from_dict(self.saved)
-
-    def save(self, state: RolloutState) -> None:
-        self.saved = json.loads(json.dumps(state.to_dict()))  # a copy, as a file would be
-
-    def close(self) -> None:
-        pass
-
-
-class FileStore:
-    """One JSON file, atomically replaced on every save, locked for one writer."""
-
-    def __init__(self, path: str | Path, max_events: int = 500) -> None:
-        self.path = Path(path)
-        self.max_events = max_events
-        self._lock_fd: int | None = None
-
-    def lock(self) -> None:
-        """Take the single-writer lock, or raise StateError naming the problem."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StateError(f"{self.path} is in use by another veer process") from None
-        self._lock_fd = fd
-
-    def load(self) -> RolloutState | None:
-        """The saved state, None if there is none; a bad file is moved aside first."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return RolloutState.from_dict(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            kept = self._keep_aside()
-            raise StateError(f"cannot read state file {self.path}: {exc}", kept) from None
-
-    def _keep_aside(self) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for n in range(1000):
-            target = Path(f"{self.path}.corrupt-{stamp}" + (f"-{n}" if n else ""))
-            if not target.exists():
-                os.rename(self.path, target)
-                return str(target)
-        raise StateError(f"too many kept-aside copies of {self.path}")
-
-    def save(self, state: RolloutState) -> None:
-        """Write the whole state atomically (events bounded to ``max_events``)."""
-        if len(state.events) > self.max_events:
-            del state.events[: len(state.events) - self.max_events]
-        data = json.dumps(state.to_dict(), indent=1, default=str).encode()
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def close(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None

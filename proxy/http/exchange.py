@@ -4,7 +4,7 @@ The route is decided once, at arrival. The request head is rebuilt with
 hop-by-hop headers removed and X-Forwarded-* set; the response head is
 rebuilt with veer's own status line and framing. Small bodies travel in one
 write; large or chunked ones stream with backpressure in both directions.
-Connections come from ``proxy.acquire`` (reuse, connect, retry, failover). A
+Connections come from ``proxy.upstream.acquire`` (reuse, connect, retry, failover). A
 reused connection that closed before answering is replayed on another only for
 an idempotent request without a body (RFC 9112 9.3.1): a POST, or any request
 whose body went out, is never sent twice. Nothing is retried once the response
@@ -15,28 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from proxy.http import h1
-from proxy.http.h1 import ProxyError
+from proxy.http.fairness import ClientSlot
 from proxy.http.heads import interim_head, request_head, response_head
-from proxy.routing.router import ORIGINAL, Decision, Variant
+from proxy.http.plane import DataPlane, Snapshot
+from proxy.http.request import Request
+from proxy.routing.router import Decision
+from proxy.routing.variant import ORIGINAL, Variant
 from proxy.upstream.acquire import acquire
-from proxy.upstream.connection import Headers, UpstreamConnection, UpstreamProtocolError, take_idle
-
-if TYPE_CHECKING:
-    from proxy.http.inbound import ClientConnection
-    from proxy.http.request import Request
-    from proxy.runtime.runtime import Runtime
-    from proxy.upstream.pool import Endpoint
+from proxy.upstream.connection import Headers, UpstreamConnection, UpstreamProtocolError
+from proxy.upstream.endpoint import Endpoint
+from proxy.wire import h1
+from proxy.wire.errors import COUNTED_AT_END, ProxyError
 
 SMALL_BODY = 64 * 1024
 _VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original", "new")}
 
 
-# Error kinds counted when the exchange ends; "client" (the client's fault) is not an
-# upstream error, and connect/no_healthy are counted at the attempt.
-_COUNTED = frozenset({"timeout", "reset", "protocol", "overload"})
+
+class ClientSide(Protocol):
+    """What an exchange needs of the client connection it answers."""
+
+    slot: ClientSlot  # the client address's counters
+    peer_ip_bytes: bytes
+    last_activity: float
+    upstream: UpstreamConnection | None  # the client's backpressure pauses its reading
+    closed: bool
+
+    def write(self, data: bytes) -> None: ...
+    def writelines(self, data: list[bytes]) -> None: ...
+    def abort(self) -> None: ...
+    def take_upgrade_tail(self) -> bytes: ...
+
+    def tunnel_to(self, upstream: asyncio.Transport) -> asyncio.Transport | None:
+        """Pipe raw bytes to ``upstream`` from now on; the client's transport."""
+        ...
+
+    def finished(self, exchange: Exchange, reusable: bool) -> None:
+        """The response is fully written (or failed)."""
+        ...
 
 
 # Phases, for the deadline check.
@@ -54,14 +72,36 @@ class Exchange:
     ``_settle`` and then ``_conclude``.
     """
 
-    __slots__ = ("_counters", "_error", "_first", "_out", "_settled", "_slot", "_stale",
-                 "_waiter", "chunked", "client", "close_client", "conn",
-                 "decision", "failed", "phase", "req", "resp_close_delimited",
-                 "response_started", "rt",
-                 "sent_at", "status", "upstream_keep_alive", "variant")
+    __slots__ = (
+        "_counters",
+        "_error",
+        "_first",
+        "_out",
+        "_settled",
+        "_slot",
+        "_stale",
+        "_waiter",
+        "chunked",
+        "client",
+        "close_client",
+        "conn",
+        "decision",
+        "failed",
+        "phase",
+        "req",
+        "resp_close_delimited",
+        "response_started",
+        "rt",
+        "sent_at",
+        "snap",
+        "status",
+        "upstream_keep_alive",
+        "variant",
+    )
 
-    def __init__(self, rt: Runtime, client: ClientConnection, req: Request) -> None:
+    def __init__(self, rt: DataPlane, snap: Snapshot, client: ClientSide, req: Request) -> None:
         self.rt = rt
+        self.snap = snap  # of the request's arrival, to its end
         self.client = client
         self.req = req
         self.conn: UpstreamConnection | None = None
@@ -86,7 +126,7 @@ class Exchange:
     # -- the exchange ---------------------------------------------------------
     def start(self) -> None:
         """Route the request and forward it (see the class docstring)."""
-        rt, req = self.rt, self.req
+        rt, snap, req = self.rt, self.snap, self.req
         decision = req.decision
         assert decision is not None  # routed by the inbound side at arrival
         self.decision = decision
@@ -96,13 +136,13 @@ class Exchange:
         rt.upstream_in_flight += 1
         self._slot = slot = self.client.slot
         slot.in_flight += 1
-        if rt.upstream_in_flight > rt.config.limits.max_concurrent_upstream:
-            self._settle(ProxyError(503, "overload", "too many concurrent upstream requests"))
+        if rt.upstream_in_flight > snap.limits.max_concurrent_upstream:
+            self._settle(ProxyError("overload", "too many concurrent upstream requests"))
             return
         if req.body is None:
-            ep = rt.balancers[variant].pick(rt.loop.time())
+            ep = snap.pools.balancers[variant].pick(rt.loop.time())
             if ep is not None:
-                conn = take_idle(ep)
+                conn = snap.pools.idle[ep].take()
                 if conn is not None:
                     self._bind(conn, variant)
                     self.sent_at = rt.loop.time()
@@ -125,7 +165,8 @@ class Exchange:
 
     async def _forward(self) -> None:
         while True:
-            conn, variant = await acquire(self.rt, self.variant, self._first)
+            conn, variant = await acquire(self.snap.pools, self.variant, self.rt.loop,
+                                          self.rt.read_buffer, self.rt.recorder, self._first)
             self._first = None
             self._bind(conn, variant)
             if self._settled:  # the client left or was rejected while we connected
@@ -220,7 +261,7 @@ class Exchange:
         extra = _VARIANT_HEADER[self.variant]
         decision = self.decision
         if decision is not None and decision.set_cookie is not None:
-            cfg = self.rt.config.routing
+            cfg = self.snap.config.routing
             extra += b"set-cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
                 cfg.cookie_name.encode(), decision.set_cookie.encode(), cfg.cookie_max_age)
         close = self.close_client or not req.keep_alive or self.rt.draining
@@ -252,15 +293,17 @@ class Exchange:
 
     def on_upgraded(self, tail: bytes) -> None:
         conn, client = self.conn, self.client
-        if conn is None or conn.transport is None or client.transport is None:
+        if conn is None or conn.transport is None:
             return
         if self.req.upgrade is None:
             # A 101 nobody asked for would turn the connection into a blind tunnel
             # (a known smuggling trick): treat it as a protocol error.
             conn.abort()
             return
-        conn.tunnel = client.transport
-        client.tunnel = conn.transport
+        client_transport = client.tunnel_to(conn.transport)
+        if client_transport is None:
+            return
+        conn.tunnel = client_transport
         if tail:
             client.write(tail)
         early = client.take_upgrade_tail()
@@ -292,20 +335,20 @@ class Exchange:
             self.close_client = True
             self._settle()
         else:
-            self._settle(ProxyError(502, kind, f"upstream closed the connection "
+            self._settle(ProxyError(kind, f"upstream closed the connection "
                                                f"before responding ({self.variant})"))
 
     # -- endings --------------------------------------------------------------
     def check(self, now: float) -> None:
         """Deadlines, checked by the client connection's sweep (one registration per
         connection, not a set insert and removal per request)."""
-        t = self.rt.config.timeouts
+        t = self.snap.timeouts
         kind = ""
         if self.phase == _WAITING and t.first_byte and now - self.sent_at > t.first_byte:
             kind = "no response within the first-byte timeout"
         elif self.phase == _SENDING and t.idle and now - self.client.last_activity > t.idle:
             # The client stopped sending its body: its fault (408), not the upstream's.
-            self.abort(ProxyError(408, "client", "request body not received in time"))
+            self.abort(ProxyError("client", "request body not received in time", 408))
             return
         elif self.phase == _RECEIVING and t.idle and self.conn is not None \
                 and now - self.conn.last_activity > t.idle \
@@ -314,7 +357,7 @@ class Exchange:
         elif self.phase != _DONE and t.total and now - self.req.arrival > t.total:
             kind = "total timeout"
         if kind:
-            self.abort(ProxyError(504, "timeout", f"{kind} ({self.variant})"))
+            self.abort(ProxyError("timeout", f"{kind} ({self.variant})"))
 
     def client_lost(self) -> None:
         """The client went away: stop the upstream side too."""
@@ -340,7 +383,7 @@ class Exchange:
         if err is not None and not self.response_started:
             self._settle(err)
             return
-        if err is not None and err.kind in _COUNTED:
+        if err is not None and err.kind in COUNTED_AT_END:
             self.failed = True
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.flush()
@@ -349,7 +392,7 @@ class Exchange:
 
     def _fail(self, err: ProxyError) -> None:
         self.status = err.status
-        if err.kind in _COUNTED:  # connect and no_healthy are counted where they happen
+        if err.kind in COUNTED_AT_END:  # connect and no_healthy are counted where they happen
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
         self.client.write(h1.error_response(err.status, err.cause,
@@ -358,17 +401,17 @@ class Exchange:
 
     def _unhealthy(self, conn: UpstreamConnection) -> None:
         """A reset, a protocol error or a timeout counts against the endpoint's health."""
-        self.rt.balancers[self.variant].report_failure(conn.endpoint, self.rt.loop.time())
+        self.snap.pools.balancers[self.variant].report_failure(conn.endpoint, self.rt.loop.time())
 
     def _release(self, conn: UpstreamConnection, keep: bool) -> None:
         self.conn = None
         conn.endpoint.outstanding -= 1
-        balancer = self.rt.balancers[self.variant]
+        balancer = self.snap.pools.balancers[self.variant]
         if self.status >= 500:
             balancer.report_failure(conn.endpoint, self.rt.loop.time())
         else:
             balancer.report_success(conn.endpoint)
-        conn.release(keep, self.rt.config.limits.max_idle_per_endpoint)
+        conn.release(keep, self.snap.pools.max_idle)
 
     def _upstream_reusable(self) -> bool:
         body = self.req.body
@@ -382,7 +425,7 @@ class Exchange:
 
     def _record(self) -> None:
         """Latency is arrival at veer to the end of the response (or of the failure)."""
-        if not self.rt.recording:
+        if not self.snap.recording:
             return
         now = time.monotonic()  # the clock req.arrival was read from (see inbound)
         c = self.rt.recorder.variants[self.variant]

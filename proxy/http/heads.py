@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from proxy.http import h1
 from proxy.http.request import Headers, Request
+from proxy.wire import h1
 
 _DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name nothing beyond hop-by-hop

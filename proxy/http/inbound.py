@@ -27,20 +27,17 @@ import contextlib
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
-from proxy.http import h1
 from proxy.http.exchange import Exchange
-from proxy.http.h1 import ProxyError
+from proxy.http.plane import DataPlane, Snapshot
 from proxy.http.request import Body, Request
-
-if TYPE_CHECKING:
-    from proxy.config.model import Config
-    from proxy.routing.router import Router
-    from proxy.runtime.runtime import Runtime
-    from proxy.upstream.connection import UpstreamConnection
+from proxy.upstream.connection import UpstreamConnection
+from proxy.wire import h1
+from proxy.wire.errors import ProxyError
+from proxy.wire.flow import ReadGate
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
@@ -68,7 +65,7 @@ class Reject(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: DataPlane) -> None:
         self.rt = rt
         self.loop = rt.loop
         self.transport: asyncio.Transport | None = None
@@ -82,30 +79,27 @@ class ClientConnection(asyncio.Protocol):
         self._req: Request | None = None  # being parsed
         self._in_headers = False
         self._active: Exchange | None = None
-        self._queue: deque[Request] = deque()
+        self._queue: deque[tuple[Request, Snapshot]] = deque()
         self._fatal: bytes | None = None  # error to send once earlier answers are out
         self._upgrade_tail = b""
         self._upgrading = False  # an Upgrade request is complete: hold what follows
-        self._paused_for: set[str] = set()
+        self._reading = ReadGate()
         self._connection_values: list[bytes] = []
         self._header_count = 0
         self._upgrade_value = b""
         self.write_paused_since = 0.0  # the client is not reading its response
         self.slot = rt.clients.join("")  # replaced at connection_made, with the address
-        # Taken from the runtime's current config and router at each request's start, when
-        # they changed (a reload applies to the next request of every open connection).
-        self._config: Config | None = None
-        self._router: Router | None = None
-        self._max_header_bytes = 0
-        self._max_headers = 0
-        self._max_body = 0
-        self._per_client = 0
+        # The runtime's snapshot as each request's head begins: a reload applies to the
+        # next request of every open connection, and never to half of one.
+        self._snap = rt.snapshot
+        self._limits = self._snap.limits
         self._captured_names: frozenset[bytes] = frozenset()
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self._reading.transport = self.transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.peer_ip_bytes = self.peer_ip.encode()
@@ -191,16 +185,16 @@ class ClientConnection(asyncio.Protocol):
         self._connection_values = []
         self._header_count = 0
         self._upgrade_value = b""
-        rt = self.rt
-        if rt.config is not self._config or rt.router is not self._router:
-            self._refresh(rt)  # a reload since this connection's last request
+        self._snap = snap = self.rt.snapshot
+        self._limits = snap.limits
+        self._captured_names = snap.router.header_names
 
     def on_url(self, url: bytes) -> None:
         req = self._req
         assert req is not None
         req.url += url
         req.header_bytes += len(url)
-        if req.header_bytes > self._max_header_bytes:
+        if req.header_bytes > self._limits.max_header_bytes:
             raise Reject(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -208,7 +202,8 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
         self._header_count += 1
-        if req.header_bytes > self._max_header_bytes or self._header_count > self._max_headers:
+        limits = self._limits
+        if req.header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers:
             raise Reject(431, "request headers too large")
         if not self._in_headers:
             return  # a trailer: never merged into the headers (routing has already run)
@@ -274,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
             raise Reject(400, "missing Host header")
         if req.chunked and req.version == "1.0":
             raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if req.content_length is not None and req.content_length > self._max_body:
+        if req.content_length is not None and req.content_length > self._limits.max_body_bytes:
             raise Reject(413, "request body too large")
         if self._connection_values:
             req.connection_tokens = list(
@@ -283,21 +278,21 @@ class ClientConnection(asyncio.Protocol):
             req.upgrade = self._upgrade_value
         if req.chunked or (req.content_length or 0) > 0:
             req.body = Body(self._pause_body, self._resume_body, self.loop.time())
-        rt = self.rt
-        router = rt.router
+        snap = self._snap
+        router = snap.router
         req.decision = router.route(req.captured, req.query if router.needs_query else b"",
-                                    self.peer_ip, rt.new_weight_bp)
+                                    self.peer_ip, self.rt.live)
         if self._active is None and not self._queue:
-            self._start(req)
+            self._start(req, snap)
         else:
-            self._queue.append(req)
-            if len(self._queue) >= self.rt.config.limits.max_pipelined:
+            self._queue.append((req, snap))
+            if len(self._queue) >= snap.limits.max_pipelined:
                 self._pause("pipeline")
 
     def on_body(self, body: bytes) -> None:
         req = self._req
         assert req is not None and req.body is not None
-        if req.body.received + len(body) > self._max_body:
+        if req.body.received + len(body) > self._limits.max_body_bytes:
             raise Reject(413, "request body too large")
         req.body.feed(body)
 
@@ -312,19 +307,10 @@ class ClientConnection(asyncio.Protocol):
             self._upgrading = True
 
     # -- exchanges ------------------------------------------------------------
-    def _refresh(self, rt: Runtime) -> None:
-        self._config, self._router = rt.config, rt.router
-        limits = rt.config.limits
-        self._max_header_bytes = limits.max_header_bytes
-        self._max_headers = limits.max_headers
-        self._max_body = limits.max_body_bytes
-        self._per_client = limits.max_concurrent_per_client
-        self._captured_names = rt.router.header_names
-
     def _tunnels(self, upgrade: bytes) -> bool:
         """Whether an Upgrade naming ``upgrade`` may become a tunnel (its first protocol)."""
         first = upgrade.split(b",", 1)[0].split(b"/", 1)[0].strip().lower()
-        return first.decode("latin-1") in self.rt.config.upgrades
+        return first.decode("latin-1") in self._snap.upgrades
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that follow an Upgrade request until the backend has answered it."""
@@ -332,10 +318,10 @@ class ClientConnection(asyncio.Protocol):
         if len(self._upgrade_tail) > UPGRADE_HOLD:
             self._pause("upgrade")
 
-    def _start(self, req: Request) -> None:
+    def _start(self, req: Request, snap: Snapshot) -> None:
         if self.closed:
             return  # an earlier exchange closed the connection; the rest is not answered
-        limit = self._per_client
+        limit = snap.limits.max_concurrent_per_client
         if limit and self.slot.in_flight >= limit:
             # One address holds its share of the capacity already: refused before it is
             # routed, so it counts against no variant (a flood cannot trigger a rollback).
@@ -348,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
         if (req.expect_continue and req.version == "1.1" and req.body is not None
                 and not req.body.complete):
             self.write(CONTINUE)  # an HTTP/1.0 client does not know 100 (RFC 9110 15.2)
-        self._active = ex = Exchange(self.rt, self, req)
+        self._active = ex = Exchange(self.rt, snap, self, req)
         ex.start()  # may finish (and call finished) before it returns
 
     def finished(self, ex: Exchange, reusable: bool) -> None:
@@ -396,8 +382,9 @@ class ClientConnection(asyncio.Protocol):
         """The next pipelined request, once the previous exchange has finished."""
         if self._active is not None or not self._queue or self.closed:
             return
-        self._start(self._queue.popleft())
-        if len(self._queue) < self.rt.config.limits.max_pipelined:
+        req, snap = self._queue.popleft()
+        self._start(req, snap)
+        if len(self._queue) < snap.limits.max_pipelined:
             self._resume("pipeline")
 
     def fail(self, status: int, cause: str) -> None:
@@ -411,7 +398,7 @@ class ClientConnection(asyncio.Protocol):
             # Already being forwarded (e.g. its body grew past the limit): the
             # exchange answers, or cuts the response, and the connection closes.
             self._fatal = b""
-            active.abort(ProxyError(status, "client", cause))
+            active.abort(ProxyError("client", cause, status))
             return
         self._fatal = h1.error_response(status, cause,
                                         head=req is not None and req.method == b"HEAD")
@@ -440,19 +427,21 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def take_upgrade_tail(self) -> bytes:
+        """What the client sent after its Upgrade request, for the tunnel."""
         tail, self._upgrade_tail = self._upgrade_tail, b""
         return tail
 
+    def tunnel_to(self, upstream: asyncio.Transport) -> asyncio.Transport | None:
+        """From now on the client's bytes go to ``upstream`` as they come."""
+        if self.transport is not None:
+            self.tunnel = upstream
+        return self.transport
+
     def _pause(self, reason: str) -> None:
-        if not self._paused_for and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused_for.add(reason)
+        self._reading.pause(reason)
 
     def _resume(self, reason: str) -> None:
-        if reason in self._paused_for:
-            self._paused_for.discard(reason)
-            if not self._paused_for and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+        self._reading.resume(reason, self.closed)
 
     def _pause_body(self) -> None:
         self._pause("body")
@@ -466,7 +455,8 @@ class ClientConnection(asyncio.Protocol):
         if active is not None:
             active.check(now)  # the exchange's own deadlines (first byte, idle, total)
         rt = self.rt
-        t = rt.config.timeouts
+        snap = rt.snapshot  # the current one: a reload's timeouts apply to waiting connections
+        t = snap.timeouts
         if self.write_paused_since and t.client_write \
                 and now - self.write_paused_since > t.client_write:
             self.abort()  # not reading its response: cut (the exchange sees client_lost)
@@ -480,7 +470,7 @@ class ClientConnection(asyncio.Protocol):
             if t.client_header and now - self._req.arrival > t.client_header:
                 self.fail(408, "request headers not received in time")
         elif (self._req is not None and self._req.body is not None
-              and self._req.body.too_slow(now, t.body_grace, rt.config.limits.min_body_rate)):
+              and self._req.body.too_slow(now, t.body_grace, snap.limits.min_body_rate)):
             self.fail(408, "request body arrived slower than limits.min_body_rate")
         elif self._active is None and self._req is None and not self._queue and (
                 self.rt.draining or (t.client_idle and now - self.last_activity > t.client_idle)):

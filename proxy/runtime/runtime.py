@@ -1,89 +1,39 @@
-"""The one runtime object: config, routing, pools, counters and live weights.
+"""The one runtime object of a process: the data plane, and the control side around it.
 
-Built once at start and passed explicitly to everything that needs it; there
-are no module-level singletons. The weight is a plain int read once per
-request at arrival, so a change applies to the next request and never moves
-one in flight.
+Built once at start and passed explicitly to everything that needs it (the
+admin API, reload, signals); there are no module-level singletons.
+``Runtime`` is the ``DataPlane`` every connection shares, plus the rollout
+runner when the config has a rollout and the journal events go to.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from proxy.config.model import Config
-from proxy.control.state import Event
-from proxy.http.fairness import ClientTable
-from proxy.routing.router import NEW, ORIGINAL, Router, Variant
-from proxy.telemetry.recorder import Recorder
-from proxy.timing.sweeper import Sweeper
-from proxy.upstream.connection import ReadBuffer, expire_idle
-from proxy.upstream.pool import Balancer, Endpoint
-
-if TYPE_CHECKING:
-    from proxy.control.rollout import RolloutRunner
-    from proxy.http.inbound import ClientConnection
+from proxy.control.journal import EventLog, Journal
+from proxy.control.rollout import RolloutRunner
+from proxy.http.plane import DataPlane
+from proxy.routing.variant import Variant
+from proxy.timing.clock import Clock, SystemClock
+from proxy.upstream.endpoint import Endpoint
 
 
-class Runtime:
-    """Everything one veer process shares between connections."""
+class Runtime(DataPlane):
+    """Everything one veer process shares."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.loop = loop
-        self.router = Router(config.routing)
-        self.recorder = Recorder(config.recording.window)
-        self.recording = config.recording.enabled
-        self.balancers: dict[Variant, Balancer] = {
-            ORIGINAL: Balancer([Endpoint(a) for a in config.original.endpoints],
-                               config.original.balance, config.health),
-            NEW: Balancer([Endpoint(a) for a in config.new.endpoints],
-                          config.new.balance, config.health),
-        }
-        self.sweeper = Sweeper(period=_sweep_period(config))
-        self.sweeper.add(_IdleJanitor(self))
-        self.connections: set[ClientConnection] = set()
-        self.new_weight_bp = config.new_weight_bp
-        self.upstream_in_flight = 0
-        self.clients = ClientTable()
-        self.read_buffer = ReadBuffer()  # where every upstream read lands (see upstream)
-        # Events when there is no rollout to hold them (manual weights, reloads); newest last.
-        self.events: list[Event] = []
-        self.draining = False
-        self.rollout: RolloutRunner | None = None  # set when the config has a rollout
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 clock: Clock | None = None) -> None:
+        super().__init__(config, loop)
+        self.clock = clock or SystemClock()
+        self.rollout: RolloutRunner | None = None  # set at start when the config has one
+        self._journal = Journal()
 
-    def set_weight(self, new_weight_bp: int) -> None:
-        """Set the share of users on new, in basis points (0..10000)."""
-        if not 0 <= new_weight_bp <= 10000:
-            raise ValueError(f"weight must be 0..10000 basis points, got {new_weight_bp}")
-        self.new_weight_bp = new_weight_bp
-
-    def record(self, event: Event) -> None:
-        """Keep an event of a process without a rollout (the last 500)."""
-        self.events.append(event)
-        del self.events[:-500]
+    @property
+    def journal(self) -> EventLog:
+        """Where events made outside the controller go: the rollout's, else memory."""
+        return self.rollout if self.rollout is not None else self._journal
 
     def endpoints(self) -> list[tuple[Variant, Endpoint]]:
-        """Every endpoint with its variant."""
-        return [(v, ep) for v, b in self.balancers.items() for ep in b.endpoints]
-
-
-class _IdleJanitor:
-    """Closes upstream keep-alive connections idle longer than the configured time."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-
-    def check(self, now: float) -> None:
-        keepalive = self.rt.config.timeouts.upstream_keepalive
-        if keepalive:
-            for _, ep in self.rt.endpoints():
-                if ep.idle:
-                    expire_idle(ep, now - keepalive)
-
-
-def _sweep_period(config: Config) -> float:
-    """A quarter of the shortest timeout, between 10 ms and 250 ms."""
-    t = config.timeouts
-    active = [v for v in (t.first_byte, t.idle, t.total, t.client_header, t.client_idle) if v > 0]
-    return min(0.25, max(0.01, min(active, default=1.0) / 4))
+        """Every endpoint of the current snapshot, with its variant."""
+        return self.snapshot.pools.endpoints()

@@ -1,29 +1,42 @@
 """Lifecycle of the data plane: build the runtime, listen, drain, stop.
 
-Start in order (sweeper, listener), stop in reverse. Drain stops accepting,
-lets in-flight exchanges finish within the drain timeout, closes idle
-keep-alive connections as they go quiet, then cuts whatever is left.
+Start in order (sweeper, rollout, listener, rollout loop) on an
+``AsyncExitStack``; stop unwinds the same stack in reverse, and every step
+runs even when one before it fails. Drain stops accepting, lets in-flight
+exchanges finish within the drain timeout, closes idle keep-alive connections
+as they go quiet, then cuts whatever is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from proxy.config.model import Config
-from proxy.control.rollout import RolloutRunner, open_store
+from proxy.control.lease import Lease, SoleLease
+from proxy.control.rollout import RolloutRunner, load_state, open_store
 from proxy.http.inbound import ClientConnection
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
+from proxy.telemetry.source import LocalTelemetry
+from proxy.timing.clock import Clock
 
 
 class ProxyServer:
     """The data-plane listener around one ``Runtime``."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None,
+                 clock: Clock | None = None, lease: Lease | None = None) -> None:
         self.config = config
-        self.rt = Runtime(config, loop or asyncio.get_running_loop())
+        self.rt = Runtime(config, loop or asyncio.get_running_loop(), clock)
+        self.lease = lease or SoleLease()
         self._server: asyncio.Server | None = None
-        self.rollout: RolloutRunner | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def rollout(self) -> RolloutRunner | None:
+        """The rollout runner, when the config has a rollout."""
+        return self.rt.rollout
 
     @property
     def port(self) -> int:
@@ -34,36 +47,52 @@ class ProxyServer:
         return port
 
     async def start(self) -> None:
-        """Start the sweeper and bind the listener."""
-        if self._server is not None:
+        """Start the sweeper, the rollout (before listening: a resumed rollout's weights
+        apply to the first request), the listener and the rollout's loop."""
+        if self._stack is not None:
             raise RuntimeError("server already started")
         rt = self.rt
         latency.warm_up()  # the first scrape should not pay for the index tables
-        rt.sweeper.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            rt.sweeper.start()
+            stack.push_async_callback(rt.sweeper.stop)
+            stack.callback(self._close_idle)  # the pools current at stop, after a reload too
             if self.config.rollout is not None:
-                # Before listening: a resumed rollout's weights apply to the first request.
-                store = open_store(self.config.state)
-                try:
-                    self.rollout = RolloutRunner(rt, self.config.rollout, store)
-                except BaseException:
-                    store.close()  # release the single-writer lock
-                    raise
-                rt.rollout = self.rollout
+                await self._start_rollout(stack)
             self._server = await rt.loop.create_server(
                 lambda: ClientConnection(rt), self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
-            if self.rollout is not None:
-                await self.rollout.start()
-        except BaseException:
-            if self.rollout is not None:
-                await self.rollout.stop()
-                self.rollout = rt.rollout = None
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            await rt.sweeper.stop()
-            raise
+            stack.push_async_callback(self._close_listener)
+            if rt.rollout is not None:
+                await rt.rollout.start()
+                stack.push_async_callback(rt.rollout.stop)
+            self._stack = stack.pop_all()
+
+    async def _start_rollout(self, stack: contextlib.AsyncExitStack) -> None:
+        rt, rollout, cfg = self.rt, self.config.rollout, self.config.state
+        assert rollout is not None
+        store = open_store(cfg, rt.clock)
+        stack.push_async_callback(store.close)  # released if what follows fails
+        state, version = await load_state(store, rollout, cfg, rt.clock.wall())
+        rt.rollout = RolloutRunner(rollout, store, LocalTelemetry(rt.recorder, rt.clock),
+                                   rt.live, rt.clock, self.lease, state, version,
+                                   cfg.max_events)
+        stack.callback(self._forget_rollout)
+        await rt.rollout.flush()  # the state it starts from is on disk before it serves
+
+    def _forget_rollout(self) -> None:
+        self.rt.rollout = None
+
+    def _close_idle(self) -> None:
+        self.rt.snapshot.pools.close_idle()
+
+    async def _close_listener(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            for conn in list(self.rt.connections):
+                conn.abort()
+            await server.wait_closed()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting; wait for open connections to finish. True if all finished."""
@@ -77,22 +106,9 @@ class ProxyServer:
         return not rt.connections
 
     async def stop(self) -> None:
-        """Cut remaining connections, close idle upstreams, stop the sweeper."""
-        rt = self.rt
-        rt.draining = True
-        try:
-            if self.rollout is not None:
-                await self.rollout.stop()
-                self.rollout = None
-            if self._server is not None:
-                self._server.close()
-                for conn in list(rt.connections):
-                    conn.abort()
-                await self._server.wait_closed()
-            for _, ep in rt.endpoints():
-                for c in list(ep.idle):
-                    c.close()  # type: ignore[attr-defined]
-                ep.idle.clear()
-        finally:
-            await rt.sweeper.stop()
-            self._server = None
+        """Stop the rollout, cut remaining connections, close idle upstreams, stop the
+        sweeper: the start in reverse, every step even if one fails."""
+        self.rt.draining = True
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.routing.router import VARIANTS, Variant
+from proxy.routing.variant import VARIANTS, Variant
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
+from proxy.telemetry.slots import SecondSlot, encode
+from proxy.wire.errors import COUNTED
 
-ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "no_healthy", "overload")
 NO_THRESHOLD = 1 << 62
 RING_SECONDS = 60  # the longest window a query may ask for (each slot: up to 139 KiB)
 
@@ -83,7 +84,7 @@ class VariantRecorder:
         self.requests = 0
         self.in_flight = 0
         self.codes = [0] * 600  # responses by status code; 0 = no response
-        self.errors = dict.fromkeys(ERROR_KINDS, 0)
+        self.errors = dict.fromkeys(COUNTED, 0)
         self.bytes_in = 0
         self.bytes_out = 0
         self.latency_sum_us = 0
@@ -167,6 +168,14 @@ class VariantRecorder:
             if cur.hist is not None:
                 latency.add(merged, cur.hist)
         return latency.summarise(merged, requests, errors)
+
+    def closed_slots(self, variant: Variant, after: int, now: float) -> list[SecondSlot]:
+        """Whole seconds later than ``after`` that are over by ``now``, as values another
+        process can merge (``proxy.telemetry.slots``); oldest first."""
+        current = int(now)
+        return [SecondSlot(variant, s.second, s.requests, s.errors, s.sum_us, encode(s.hist))
+                for s in sorted(self._ring, key=lambda s: s.second)
+                if after < s.second < current and s.requests]
 
     def cumulative_histogram(self) -> HdrHistogram:
         """All latencies since start (closed slots plus the current one)."""

@@ -10,51 +10,51 @@ request goes to original instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
 
-from proxy.http.h1 import ProxyError
-from proxy.routing.router import ORIGINAL, Variant
-from proxy.upstream.connection import UpstreamConnection, connect, take_idle
+from proxy.routing.variant import ORIGINAL, Variant
+from proxy.telemetry.recorder import Recorder
+from proxy.upstream.connection import ReadBuffer, UpstreamConnection, connect
+from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.pools import Pools
+from proxy.wire.errors import ProxyError
 
-if TYPE_CHECKING:
-    from proxy.runtime.runtime import Runtime
-    from proxy.upstream.pool import Endpoint
 
-
-async def acquire(rt: Runtime, variant: Variant,
+async def acquire(pools: Pools, variant: Variant, loop: asyncio.AbstractEventLoop,
+                  scratch: ReadBuffer, recorder: Recorder,
                   first: Endpoint | None = None) -> tuple[UpstreamConnection, Variant]:
     """A connection and the variant it serves (original after a failover).
 
     ``first`` is an endpoint already picked for this request (its pick is not
-    repeated). Raises ``ProxyError`` 502 (connect failed) or 503 (no healthy endpoint).
+    repeated). Raises ``ProxyError`` connect (502) or no_healthy (503).
     """
     tried: list[Endpoint] = []  # allocated once; usually stays empty
     last_error: ProxyError | None = None  # built only on the failure path
     while True:
-        balancer = rt.balancers[variant]
-        attempts = 1 + rt.config.connect_retries
+        balancer = pools.balancers[variant]
+        attempts = 1 + pools.connect_retries
         while attempts > 0:
-            ep, first = first or balancer.pick(rt.loop.time(), tried), None
+            ep, first = first or balancer.pick(loop.time(), tried), None
             if ep is None:
                 break
-            conn = take_idle(ep)
+            idle = pools.idle[ep]
+            conn = idle.take()
             if conn is not None:
                 return conn, variant
             attempts -= 1
             try:
-                return await connect(ep, rt.config.timeouts.connect, rt.read_buffer), variant
+                return await connect(ep, idle, pools.connect_timeout, scratch), variant
             except (OSError, TimeoutError) as exc:
                 tried.append(ep)
-                rt.recorder.variants[variant].errors["connect"] += 1
-                balancer.report_failure(ep, rt.loop.time())
+                recorder.variants[variant].errors["connect"] += 1
+                balancer.report_failure(ep, loop.time())
                 cause = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
-                last_error = ProxyError(502, "connect",
-                                        f"upstream connect failed ({variant}: {cause})")
-        failover = rt.config.new.failover if variant != ORIGINAL else None
+                last_error = ProxyError("connect", f"upstream connect failed ({variant}: {cause})")
+        failover = pools.failover if variant != ORIGINAL else None
         if failover is None:
             if last_error is None:
-                rt.recorder.variants[variant].errors["no_healthy"] += 1
-                last_error = ProxyError(503, "no_healthy", f"no healthy upstream ({variant})")
+                recorder.variants[variant].errors["no_healthy"] += 1
+                last_error = ProxyError("no_healthy", f"no healthy upstream ({variant})")
             raise last_error
         variant = ORIGINAL
         tried = []

@@ -3,7 +3,7 @@
 A connection serves one exchange at a time (no upstream pipelining). Parsed
 response events go straight to the exchange's ``ResponseSink``; the sink
 writes to the client without an await per chunk. Idle connections wait in
-their endpoint's LIFO list and close after the upstream keep-alive timeout.
+their endpoint's ``IdlePool`` and close after the upstream keep-alive timeout.
 
 Reads land in one scratch buffer shared by every upstream connection of the
 process (``ReadBuffer``, ``READ_SIZE`` bytes) and are parsed in place: a read
@@ -21,7 +21,9 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.upstream.pool import Endpoint
+from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.idle import IdlePool
+from proxy.wire.flow import Drain, ReadGate
 
 # Parsed header lists are (name, value) as received.
 Headers = list[tuple[bytes, bytes]]
@@ -63,9 +65,10 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to one endpoint."""
 
-    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop,
-                 scratch: ReadBuffer) -> None:
+    def __init__(self, endpoint: Endpoint, idle: IdlePool[UpstreamConnection],
+                 loop: asyncio.AbstractEventLoop, scratch: ReadBuffer) -> None:
         self.endpoint = endpoint
+        self.idle = idle  # where this connection waits between exchanges
         self.loop = loop
         self._scratch = scratch.view
         self.transport: asyncio.Transport | None = None
@@ -80,14 +83,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._headers: Headers = []
         self._in_head = False  # between a message's start and its headers' end
         self._head_bytes = 0
-        self._drain: asyncio.Future[None] | None = None
-        self._paused = False  # writing, towards the upstream
-        self._reading_paused = False  # for the client's backpressure
+        self._drain = Drain(loop)  # writing, towards the upstream
+        self._reading = ReadGate()  # paused for the client's backpressure
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self._reading.transport = self.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -129,9 +132,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._wake_drain()
-        with contextlib.suppress(ValueError):
-            self.endpoint.idle.remove(self)
+        self._drain.resume()
+        self.idle.discard(self)
         sink, self.sink = self.sink, None
         if self.tunnel is not None:
             self.tunnel.close()
@@ -139,13 +141,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             sink.on_lost(exc)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self._drain.pause()
         if self.tunnel is not None:
             self.tunnel.pause_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._wake_drain()
+        self._drain.resume()
         if self.tunnel is not None:
             self.tunnel.resume_reading()
 
@@ -207,39 +208,32 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     async def drain(self) -> None:
         """Wait while the kernel buffer towards the upstream is full."""
-        if self._paused and not self.closed:
-            self._drain = self.loop.create_future()
-            await self._drain
-
-    def _wake_drain(self) -> None:
-        waiter, self._drain = self._drain, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if not self.closed:
+            await self._drain.wait()
 
     @property
     def reading_paused(self) -> bool:
         """Reading is paused because the client is slow to take the response."""
-        return self._reading_paused
+        return self._reading.paused
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        """The client is slow to take the response: stop reading the upstream."""
+        if not self.closed:
+            self._reading.pause("client")
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        """The client caught up."""
+        self._reading.resume("client", self.closed)
 
     def release(self, keep: bool, max_idle: int) -> None:
         """Back to the idle list after a complete exchange, or closed."""
         self.sink = None
-        if keep and not self.closed and len(self.endpoint.idle) < max_idle:
+        if keep and not self.closed and len(self.idle) < max_idle:
             # The client's backpressure may have paused reading during the last write;
             # that client is done with this connection, the next one must be heard.
             self.resume_reading()
             self.idle_since = self.loop.time()
-            self.endpoint.idle.append(self)
+            self.idle.put(self)
         else:
             self.close()
 
@@ -258,38 +252,17 @@ class _HeadDone(Exception):
     """Stops the parser after a HEAD response's headers."""
 
 
-async def connect(endpoint: Endpoint, timeout: float, scratch: ReadBuffer) -> UpstreamConnection:
-    """A new connection to ``endpoint`` (raises OSError or TimeoutError)."""
+async def connect(endpoint: Endpoint, idle: IdlePool[UpstreamConnection], timeout: float,
+                  scratch: ReadBuffer) -> UpstreamConnection:
+    """A new connection to ``endpoint``, idling in ``idle`` between exchanges (raises
+    OSError or TimeoutError)."""
     loop = asyncio.get_running_loop()
     addr = endpoint.address
     endpoint.connects += 1
-    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, loop, scratch),
+    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, idle, loop, scratch),
                                   addr.host, addr.port)
     if timeout > 0:
         _, proto = await asyncio.wait_for(coro, timeout)
     else:
         _, proto = await coro
     return proto
-
-
-def take_idle(endpoint: Endpoint) -> UpstreamConnection | None:
-    """The most recently used idle connection of ``endpoint``, if any."""
-    idle = endpoint.idle
-    while idle:
-        conn = idle.pop()
-        assert isinstance(conn, UpstreamConnection)
-        if not conn.closed:
-            return conn
-    return None
-
-
-def expire_idle(endpoint: Endpoint, before: float) -> None:
-    """Close idle connections unused since ``before`` (oldest are at the front)."""
-    idle = endpoint.idle
-    while idle:
-        conn = idle[0]
-        assert isinstance(conn, UpstreamConnection)
-        if conn.idle_since > before and not conn.closed:
-            break
-        idle.pop(0)
-        conn.close()

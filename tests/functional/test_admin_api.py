@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 
@@ -85,9 +85,9 @@ async def test_mutations_need_the_token(admin: Admin) -> None:
         assert status == 401 and err["error"] == "unauthorized"
         status, _ = await call("PUT", f"{base}/weights", json={"new": 50}, headers=headers)
         assert status == 401
-    assert server.rt.new_weight_bp == 1000  # nothing changed
+    assert server.rt.live.new_weight_bp == 1000  # nothing changed
     status, _ = await call("GET", f"{base}/rollout/promote")  # GET never mutates
-    assert status == 405 and server.rt.new_weight_bp == 1000
+    assert status == 405 and server.rt.live.new_weight_bp == 1000
 
 
 async def test_no_configured_token_disables_mutations(admin: Admin) -> None:
@@ -100,11 +100,11 @@ async def test_weights_put(admin: Admin) -> None:
     server, base = await admin()
     status, body = await call("PUT", f"{base}/weights", json={"new": 12.5}, headers=AUTH)
     assert status == 200 and body["weights"]["new"] == 12.5
-    assert server.rt.new_weight_bp == 1250
+    assert server.rt.live.new_weight_bp == 1250
     assert body["status"]["status"] == "paused"  # a manual weight pauses the plan
     assert body["events"][0]["actor"] == "alice"
     ok = await call("PUT", f"{base}/weights", json={"original": 90, "new": 10}, headers=AUTH)
-    assert ok[0] == 200 and server.rt.new_weight_bp == 1000
+    assert ok[0] == 200 and server.rt.live.new_weight_bp == 1000
     for bad in ({"new": 101}, {"new": 1.234}, {"new": "10"}, {"original": 80, "new": 10},
                 {}, {"new": 10, "extra": 1}, {"new": True}):
         status, err = await call("PUT", f"{base}/weights", json=bad, headers=AUTH)
@@ -120,13 +120,13 @@ async def test_weights_put(admin: Admin) -> None:
     status, _ = await call("PUT", f"{base}/weights", data=b"{" + b" " * 40_000 + b"}",
                            headers={**AUTH, "Content-Type": "application/json"})
     assert status == 413
-    assert server.rt.new_weight_bp == 1000
+    assert server.rt.live.new_weight_bp == 1000
 
 
 async def test_weights_put_without_rollout(admin: Admin) -> None:
     server, base = await admin(rollout=False)
     status, body = await call("PUT", f"{base}/weights", json={"new": 40}, headers=AUTH)
-    assert status == 200 and server.rt.new_weight_bp == 4000 and body["status"] is None
+    assert status == 200 and server.rt.live.new_weight_bp == 4000 and body["status"] is None
     status, events = await call("GET", f"{base}/events")
     assert events["events"][0]["kind"] == "weight" and events["events"][0]["actor"] == "alice"
     status, err = await call("POST", f"{base}/rollout/advance", headers=AUTH)
@@ -139,10 +139,10 @@ async def test_actions_and_conflicts(admin: Admin) -> None:
                        headers=AUTH))[0] == 200
     assert (await call("POST", f"{base}/rollout/resume", headers=AUTH))[0] == 200
     status, _body = await call("POST", f"{base}/rollout/advance", headers=AUTH)
-    assert status == 200 and server.rt.new_weight_bp == 3000
+    assert status == 200 and server.rt.live.new_weight_bp == 3000
     assert (await call("POST", f"{base}/rollout/approve", headers=AUTH))[0] == 200
     assert (await call("POST", f"{base}/rollout/promote", headers=AUTH))[0] == 200
-    assert server.rt.new_weight_bp == 10000
+    assert server.rt.live.new_weight_bp == 10000
     status, err = await call("POST", f"{base}/rollout/advance", headers=AUTH)
     assert status == 409 and "complete" in err["detail"]
     assert (await call("POST", f"{base}/rollout/explode", headers=AUTH))[0] == 404
@@ -150,17 +150,17 @@ async def test_actions_and_conflicts(admin: Admin) -> None:
     assert status == 422
     status, _ = await call("POST", f"{base}/rollout/rollback",
                            json={"mode": "targeted", "users": ["u1", "u2"]}, headers=AUTH)
-    assert status == 200 and server.rt.router.deny_users >= {"u1", "u2"}
+    assert status == 200 and server.rt.snapshot.router.denied_users(server.rt.live) >= {"u1", "u2"}
     status, _ = await call("POST", f"{base}/rollout/rollback", json={"mode": "sideways"},
                            headers=AUTH)
     assert status == 422
     status, _ = await call("POST", f"{base}/rollout/rollback",
                            json={"mode": "gradual", "stages": [0.5, 0], "interval": "50ms"},
                            headers=AUTH)
-    assert status == 200 and server.rt.new_weight_bp == 5000
+    assert status == 200 and server.rt.live.new_weight_bp == 5000
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while server.rt.new_weight_bp != 0:
+    while server.rt.live.new_weight_bp != 0:
         assert loop.time() < deadline
         await asyncio.sleep(0.02)
     status, err = await call("POST", f"{base}/rollout/resume", headers=AUTH)
@@ -245,11 +245,11 @@ async def test_a_state_that_cannot_be_saved_is_a_json_503(
     server, base = await admin()
     assert server.rt.rollout is not None
 
-    def full_disk(state: object) -> None:
+    async def full_disk(state: object, version: int) -> int:
         raise OSError(28, "No space left on device")
 
     server.rt.rollout.store.save = full_disk  # type: ignore[method-assign]
     status, err = await call("POST", f"{base}/rollout/pause", headers=AUTH, json={})
     assert status == 503 and err["error"] == "state not saved"
     assert "No space left" in err["detail"]
-    assert server.rt.rollout.controller.dirty  # saving is retried at the next tick
+    assert server.rt.rollout.save_error is not None  # saving is retried at the next tick

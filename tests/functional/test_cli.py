@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from proxy.control.state import Event, Status
 from proxy.runtime.server import ProxyServer
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
-from tests.functional.test_rollout import traffic, wait_for
+from tests.functional.test_rollout import traffic
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret"
@@ -112,16 +113,17 @@ def closed_port() -> int:
 
 async def test_status_table_and_json(live: Live) -> None:
     async with traffic(live.server.port, workers=4) as counts:
-        await wait_for(lambda: counts.get("new:200", 0) > 100, 10, "traffic on new")
+        await until(lambda: counts.get("new:200", 0) > 100, 10, what="traffic on new")
         assert live.server.rollout is not None
         controller = live.server.rollout.controller
-        await wait_for(lambda: bool(controller.findings)
-                       and all(str(f.verdict) == "pass" for f in controller.findings),
-                       10, "the gates to pass")
+        await until(lambda: bool(controller.findings)
+                    and all(str(f.verdict) == "pass" for f in controller.findings),
+                    10, what="the gates to pass")
         recorder, loop = live.server.rt.recorder, asyncio.get_running_loop()
         # "since phase" counts whole seconds from the first one after the phase began
-        await wait_for(lambda: all(recorder.variants[v].since_marked(loop.time()).requests
-                                   for v in ("original", "new")), 10, "a whole second of traffic")
+        await until(lambda: all(recorder.variants[v].since_marked(loop.time()).requests
+                                for v in ("original", "new")), 10,
+                    what="a whole second of traffic")
         table, raw, weights, weights_raw = await asyncio.gather(
             live.cli("status"), live.cli("status", "--json"), live.cli("weights"),
             live.cli("weights", "--json"))
@@ -152,14 +154,14 @@ async def test_status_table_and_json(live: Live) -> None:
 async def test_weights_set_pauses_the_plan(live: Live) -> None:
     r = await live.cli("weights", "set", "--new", "25", "--actor", "ops")
     assert r.code == 0, r
-    assert live.server.rt.new_weight_bp == 2500 and live.status() is Status.PAUSED
+    assert live.server.rt.live.new_weight_bp == 2500 and live.status() is Status.PAUSED
     assert "weight: 10% -> 25%" in r.out and "by ops" in r.out, r.out
     assert "now: weights original 75%  new 25%" in r.out, r.out
 
     r = await live.cli("weights", "set", "--original", "87.5", "--new", "12.5", "--json")
     assert r.code == 0, r
     assert json.loads(r.out)["weights"] == {"original": 87.5, "new": 12.5}
-    assert live.server.rt.new_weight_bp == 1250
+    assert live.server.rt.live.new_weight_bp == 1250
 
     refused, missing, out_of_range = await asyncio.gather(
         live.cli("weights", "set", "--original", "50", "--new", "10"),
@@ -168,7 +170,7 @@ async def test_weights_set_pauses_the_plan(live: Live) -> None:
     assert refused.err.strip() == "veer: invalid body: original + new must be 100"
     assert missing.code == 2 and "--new" in missing.err, missing
     assert out_of_range.code == 2 and "0..100" in out_of_range.err, out_of_range
-    assert live.server.rt.new_weight_bp == 1250
+    assert live.server.rt.live.new_weight_bp == 1250
 
 
 async def test_actions_in_sequence_and_a_forbidden_one(live: Live) -> None:
@@ -182,7 +184,7 @@ async def test_actions_in_sequence_and_a_forbidden_one(live: Live) -> None:
     for args, status, weight in steps:
         r = await live.cli(*args, "--actor", "alice")
         assert r.code == 0, (args, r)
-        assert (live.status(), live.server.rt.new_weight_bp) == (status, weight), args
+        assert (live.status(), live.server.rt.live.new_weight_bp) == (status, weight), args
         assert f"{args[0]}: " in r.out and "by alice" in r.out, r.out
 
     before = len(live.events)
@@ -216,7 +218,7 @@ async def test_targeted_then_gradual_rollback(live: Live) -> None:
     assert r.code == 0, r
     assert live.server.rollout is not None
     assert {"u1", "u2"} <= set(live.server.rollout.controller.state.deny_users)
-    assert live.server.rt.new_weight_bp == 1000 and live.status() is Status.PROGRESSING
+    assert live.server.rt.live.new_weight_bp == 1000 and live.status() is Status.PROGRESSING
     status = await live.cli("status")
     assert re.search(r"^denied\s+u1, u2$", status.out, re.M), status.out
 
@@ -228,10 +230,10 @@ async def test_targeted_then_gradual_rollback(live: Live) -> None:
     assert "rollback-step: 10% -> 7.5%" in r.out, r.out
 
     def finished() -> bool:
-        seen.add(live.server.rt.new_weight_bp)
+        seen.add(live.server.rt.live.new_weight_bp)
         return live.status() is Status.ROLLED_BACK
-    await wait_for(finished, 5, "the gradual rollback to finish")
-    assert live.server.rt.new_weight_bp == 0
+    await until(finished, 5, what="the gradual rollback to finish")
+    assert live.server.rt.live.new_weight_bp == 0
     assert {500, 250} <= seen, seen  # 750 was set at once, by the command itself
 
     events = await live.cli("events", "--json", "--limit", "10")
@@ -243,10 +245,10 @@ async def test_targeted_then_gradual_rollback(live: Live) -> None:
 async def test_immediate_rollback(live: Live) -> None:
     r = await live.cli("rollback", "--gradual", "--interval", "1h")
     assert r.code == 0, r
-    assert live.status() is Status.ROLLING_BACK and live.server.rt.new_weight_bp == 750
+    assert live.status() is Status.ROLLING_BACK and live.server.rt.live.new_weight_bp == 750
     r = await live.cli("rollback", "--reason", "bad deploy", "--actor", "carol")
     assert r.code == 0, r
-    assert live.status() is Status.ROLLED_BACK and live.server.rt.new_weight_bp == 0
+    assert live.status() is Status.ROLLED_BACK and live.server.rt.live.new_weight_bp == 0
     last = live.events[-1]
     assert (last.kind, last.reason, last.actor) == ("rollback", "bad deploy", "carol")
     again = await live.cli("rollback")
@@ -265,7 +267,7 @@ async def test_wrong_or_missing_token_changes_nothing(live: Live, tmp_path: Path
         assert "VEER_ADMIN_TOKEN" in r.err
     assert missing.code == 4 and "set VEER_ADMIN_TOKEN" in missing.err, missing
     assert reading.code == 0, reading  # reading needs no token
-    assert live.status() is Status.PROGRESSING and live.server.rt.new_weight_bp == 1000
+    assert live.status() is Status.PROGRESSING and live.server.rt.live.new_weight_bp == 1000
     assert len(live.events) == before
 
     token_file = tmp_path / "token"
@@ -273,7 +275,7 @@ async def test_wrong_or_missing_token_changes_nothing(live: Live, tmp_path: Path
     r = await live.cli("abort", "--reason", "not today", "--token-file", str(token_file),
                        token="nope")  # the file wins over the environment
     assert r.code == 0, r
-    assert live.status() is Status.ABORTED and live.server.rt.new_weight_bp == 0
+    assert live.status() is Status.ABORTED and live.server.rt.live.new_weight_bp == 0
     r = await live.cli("abort", "--token-file", str(tmp_path / "absent"))
     assert r.code == 2 and "--token-file" in r.err, r
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from proxy.control.state import Status
+from tests.deadline import until
 from tests.functional.conftest import StartVeer
-from tests.functional.test_rollout import rollout_config, status, traffic, wait_for
+from tests.functional.test_rollout import rollout_config, status, traffic
 from tests.sysdeps import require_binary
 
 if TYPE_CHECKING:
@@ -39,15 +38,6 @@ def require_playwright() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (.ci/run should have installed it)")
     pytest.skip(reason)
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll the async ``probe`` until it holds or ``timeout`` seconds pass."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await probe():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def text(page: Page, selector: str) -> str:
@@ -104,7 +94,8 @@ async def test_dashboard_shows_live_rollout_and_rolls_back(
                         now = await text(page, "#rate-new")
                         return now != first and float(now) > 0
 
-                    await eventually(rate_moved, 10, "#rate-new to change under traffic")
+                    await until(rate_moved, 10, interval=0.1,
+                                what="#rate-new to change under traffic")
                     assert float(await text(page, "#rate-original")) > 0
                     # the error-rate gate passes once enough healthy requests reach new
                     await expect(page.locator("#gates tr[data-gate=error_rate]")).to_contain_text(
@@ -115,13 +106,13 @@ async def test_dashboard_shows_live_rollout_and_rolls_back(
                         points = await page.get_attribute("#chart-latency", "data-points")
                         return int(points or 0) >= 8
 
-                    await eventually(charted, 15, "eight samples in the charts")
+                    await until(charted, 15, interval=0.1, what="eight samples in the charts")
                     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True,
                                           animations="disabled")
 
                     await page.click("#btn-rollback")
-                    await wait_for(lambda: server.rt.new_weight_bp == 0, 10,
-                                   "veer's weight to drop to 0 after the click")
+                    await until(lambda: server.rt.live.new_weight_bp == 0, 10,
+                                what="veer's weight to drop to 0 after the click")
                     assert counts.get("new:200", 0) > 0
                 assert status(server) is Status.ROLLED_BACK
                 assert [kind for kind, _ in dialogs] == ["prompt", "confirm"]

@@ -62,7 +62,7 @@ async def test_retry_other_endpoint_then_eject_the_dead_one(
     for i in range(20):
         status, _, _ = await get(server.port, user=str(i))
         assert status == 200  # the dead endpoint's connect failure was retried elsewhere
-    dead = server.rt.balancers["original"].endpoints[0]
+    dead = server.rt.snapshot.pools.balancers["original"].endpoints[0]
     assert dead.ejections == 1
     assert dead.connects == 3  # ejected after 3 failures, then no longer tried
 
@@ -75,8 +75,8 @@ async def test_5xx_ejects_but_never_the_last_endpoint(
     for _ in range(6):
         status, _, _ = await get(server.port, "/status/500")
         assert status == 500  # the backend's own 5xx passes through unchanged
-    only = server.rt.balancers["new"].endpoints[0]
-    assert only.ejections == 0 and server.rt.balancers["new"].healthy_count(0) == 1
+    only = server.rt.snapshot.pools.balancers["new"].endpoints[0]
+    assert only.ejections == 0 and server.rt.snapshot.pools.balancers["new"].healthy_count(0) == 1
 
 
 async def test_first_byte_timeout_is_504(

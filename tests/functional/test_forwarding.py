@@ -72,7 +72,7 @@ async def test_keep_alive_reuses_upstream_connections(
             async with s.get(f"http://127.0.0.1:{server.port}/{i}") as r:
                 assert r.status == 200
                 await r.read()
-    endpoint = server.rt.balancers["original"].endpoints[0]
+    endpoint = server.rt.snapshot.pools.balancers["original"].endpoints[0]
     assert endpoint.total == 100
     assert endpoint.connects == 1
 
@@ -212,7 +212,7 @@ async def test_stale_pooled_connection_is_retried_when_safe(
                     assert r.status == 200
         assert len(connections) == 5
         # request 1 binds once; each later one binds a stale pooled connection, then a fresh one
-        assert server.rt.balancers["new"].endpoints[0].total == 9
+        assert server.rt.snapshot.pools.balancers["new"].endpoints[0].total == 9
     finally:
         bad.close()
         await bad.wait_closed()
@@ -235,7 +235,7 @@ async def test_a_post_is_never_replayed_once_sent(
                 assert r.status == 502
                 assert r.headers["x-veer-variant"] == "new"
         assert len(connections) == 1  # the second POST was read once and never sent again
-        assert server.rt.balancers["new"].endpoints[0].total == 2
+        assert server.rt.snapshot.pools.balancers["new"].endpoints[0].total == 2
     finally:
         bad.close()
         await bad.wait_closed()
@@ -254,7 +254,7 @@ async def test_upstream_connection_close_is_not_pooled(
                 async with s.get(f"http://127.0.0.1:{server.port}/") as r:
                     assert r.status == 200
         assert len(connections) == 5
-        assert server.rt.balancers["new"].endpoints[0].connects == 5
+        assert server.rt.snapshot.pools.balancers["new"].endpoints[0].connects == 5
     finally:
         bad.close()
         await bad.wait_closed()

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 from tests.sysdeps import require_binary

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from admin.demo.backend import Backend
+from tests.deadline import until
 
 VEER = [sys.executable, "-m", "admin.cli"]
 
@@ -59,17 +60,18 @@ def veer_process(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
+    """Wait until ``port`` accepts; fail at once (with veer's stderr) if ``proc`` exits."""
+
+    async def listening() -> bool:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
         except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"veer did not listen on {port} within {timeout}s")
+            return False
+        w.close()
+        return True
+
+    await until(listening, timeout, interval=0.05, what=f"veer to listen on {port}")
 
 
 @pytest.mark.parametrize(("content", "needle"), [

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import yaml
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from tests.functional.conftest import StartVeer, base_config
 from tests.sysdeps import require_binary
 

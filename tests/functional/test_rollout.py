@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from admin.demo.backend import Backend
 from proxy.control.state import Status
 from proxy.runtime.server import ProxyServer
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
 
 
@@ -46,16 +47,6 @@ async def traffic(port: int, workers: int = 8) -> AsyncIterator[dict[str, int]]:
             await asyncio.gather(*tasks)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until ``predicate()`` holds; returns the seconds it took."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        assert loop.time() - start < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-    return loop.time() - start
-
-
 def rollout_config(backends: dict[str, Backend], plan: list[dict[str, Any]],
                    **extra: Any) -> dict[str, Any]:
     cfg = base_config(backends, rollout={"name": "test", "tick": "100ms", "plan": plan},
@@ -76,12 +67,12 @@ async def test_new_breaking_under_load_is_rolled_back_within_2s(
              "gates": {"max_error_rate": "1%", "min_requests": 50}},
             {"name": "full", "weight": 100}]
     server = await start_veer(rollout_config(backends, plan))
-    assert server.rt.new_weight_bp == 5000
+    assert server.rt.live.new_weight_bp == 5000
     async with traffic(server.port) as counts:
-        await wait_for(lambda: counts.get("new:200", 0) > 200, 10, "healthy traffic on new")
+        await until(lambda: counts.get("new:200", 0) > 200, 10, what="healthy traffic on new")
         assert status(server) is Status.PROGRESSING
         backends["new"].fault.error_rate = 1.0  # the new release starts failing
-        took = await wait_for(lambda: server.rt.new_weight_bp == 0, 2.0, "rollback")
+        took = await until(lambda: server.rt.live.new_weight_bp == 0, 2.0, what="rollback")
     assert status(server) is Status.ROLLED_BACK
     assert server.rollout is not None
     event = server.rollout.controller.state.events[-1]
@@ -101,10 +92,10 @@ async def test_short_phases_advance_to_complete(
     seen_weights = set()
     async with traffic(server.port):
         def done() -> bool:
-            seen_weights.add(server.rt.new_weight_bp)
+            seen_weights.add(server.rt.live.new_weight_bp)
             return status(server) is Status.COMPLETE
-        await wait_for(done, 30, "the rollout to complete")
-    assert server.rt.new_weight_bp == 10000
+        await until(done, 30, what="the rollout to complete")
+    assert server.rt.live.new_weight_bp == 10000
     assert seen_weights >= {1000, 5000, 10000}
     assert server.rollout is not None
     kinds = [e.kind for e in server.rollout.controller.state.events]
@@ -123,7 +114,7 @@ async def test_blue_green_testers_see_new_at_zero_weight(
             async with s.get(f"http://127.0.0.1:{server.port}/",
                              headers={"X-User-Id": user}) as r:
                 assert r.headers["x-veer-variant"] == variant
-    assert server.rt.new_weight_bp == 0
+    assert server.rt.live.new_weight_bp == 0
 
 
 async def test_state_file_written_and_resumed(
@@ -136,12 +127,14 @@ async def test_state_file_written_and_resumed(
     cfg = rollout_config(backends, plan, state={"path": str(state_path)})
     server = await start_veer(cfg)
     async with traffic(server.port, workers=2):
-        await wait_for(lambda: server.rt.new_weight_bp == 2000, 20, "advance to b")
+        await until(lambda: server.rt.live.new_weight_bp == 2000, 20, what="advance to b")
+    assert server.rollout is not None
+    await server.rollout.flush()  # saving runs beside the tick; this waits for it
     saved = json.loads(state_path.read_text())
     assert (saved["phase"], saved["weight_bp"], saved["status"]) == (1, 2000, "progressing")
     await server.stop()
     again = await start_veer(cfg)  # a restart: same phase, same weight, before any tick
-    assert again.rt.new_weight_bp == 2000
+    assert again.rt.live.new_weight_bp == 2000
     assert again.rollout is not None and again.rollout.controller.phase.name == "b"
 
 
@@ -166,7 +159,7 @@ async def test_corrupt_state_is_kept_aside(
         assert len(kept()) == 1
         return
     server = await start_veer(cfg)
-    assert server.rt.new_weight_bp == 0  # safe: everyone on original
+    assert server.rt.live.new_weight_bp == 0  # safe: everyone on original
     assert status(server) is Status.NEEDS_ATTENTION
     assert len(kept()) == 1
     assert kept()[0].read_text() == '{"format": 1, "rollout": "test", "pha'
@@ -209,16 +202,16 @@ async def test_rollback_is_notified_and_confirm_hook_gates_advance(
         cfg["rollout"]["confirm_retry"] = "300ms"
         server = await start_veer(cfg)
         async with traffic(server.port) as counts:
-            await wait_for(lambda: counts.get("new:200", 0) > 100, 10, "traffic")
-            await wait_for(lambda: any(e["kind"] == "advance-refused" for e in received), 10,
-                           "the refused advance to be notified")
-            assert server.rt.new_weight_bp == 5000  # the confirm hook said no
+            await until(lambda: counts.get("new:200", 0) > 100, 10, what="traffic")
+            await until(lambda: any(e["kind"] == "advance-refused" for e in received), 10,
+                        what="the refused advance to be notified")
+            assert server.rt.live.new_weight_bp == 5000  # the confirm hook said no
             confirm_answer["status"] = 200
-            await wait_for(lambda: server.rt.new_weight_bp == 6000, 20, "advance after yes")
+            await until(lambda: server.rt.live.new_weight_bp == 6000, 20, what="advance after yes")
             backends["new"].fault.error_rate = 1.0
-            await wait_for(lambda: server.rt.new_weight_bp == 0, 2, "rollback")
-            await wait_for(lambda: any(e["kind"] == "rollback" for e in received), 5,
-                           "the rollback notification")
+            await until(lambda: server.rt.live.new_weight_bp == 0, 2, what="rollback")
+            await until(lambda: any(e["kind"] == "rollback" for e in received), 5,
+                        what="the rollback notification")
         rollback = next(e for e in received if e["kind"] == "rollback")
         assert rollback["rollout"] == "test" and rollback["actor"] == "controller"
         assert rollback["evidence"]["findings"]

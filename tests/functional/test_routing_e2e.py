@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 
 from admin.demo.backend import Backend
-from proxy.routing.router import bucket, choose
+from proxy.routing.hashing import bucket, choose
 from tests.functional.conftest import StartVeer, base_config
 
 
@@ -90,7 +90,7 @@ async def test_allow_and_deny_lists(backends: dict[str, Backend], start_veer: St
         assert await variant({"X-User-Id": "alice"}) == "new"
         assert await variant({"X-User-Id": "carol", "X-Group": "beta, staff"}) == "new"
         assert await variant({"X-User-Id": "carol"}) == "original"
-        server.rt.set_weight(10000)
+        server.rt.live.set_weight(10000)
         assert await variant({"X-User-Id": "bob"}) == "original"
         assert await variant({"X-User-Id": "carol"}) == "new"
 
@@ -107,7 +107,7 @@ async def test_weight_change_applies_to_next_request_not_in_flight(
         while server.rt.recorder.snapshot("original").in_flight == 0:
             assert loop.time() < deadline, "request never arrived"
             await asyncio.sleep(0.005)
-        server.rt.set_weight(10000)
+        server.rt.live.set_weight(10000)
         async with s.get(f"http://127.0.0.1:{server.port}/", headers={"X-User-Id": "u1"}) as r:
             assert r.headers["x-veer-variant"] == "new"
         resp = await in_flight

@@ -192,6 +192,7 @@ async def test_bytes_held_after_an_upgrade_request_are_bounded(start_veer: Start
         for _ in range(8):  # 8 MiB the client insists on sending before any answer
             client.send(junk)
         conn = next(iter(server.rt.connections))
+        assert isinstance(conn, inbound.ClientConnection)
         await until(lambda: conn._upgrade_tail != b"", what="held bytes")
         await asyncio.sleep(0.3)  # the kernel buffers fill; veer must have stopped reading
         held = len(conn._upgrade_tail)
@@ -374,7 +375,7 @@ async def test_pipelined_requests_keep_the_decision_of_their_arrival(
         client.send(b"GET /1 HTTP/1.1\r\nHost: x\r\nX-User-Id: u1\r\n\r\n"
                     b"GET /2 HTTP/1.1\r\nHost: x\r\nX-User-Id: u2\r\n\r\n")
         await until(lambda: len(backend.received) == 1, what="the first request")
-        server.rt.set_weight(10000)  # both arrived at weight 0: both stay on original
+        server.rt.live.set_weight(10000)  # both arrived at weight 0: both stay on original
         release.set()
         resp1, _, _ = await client.response()
         client.expect_response()
@@ -521,6 +522,8 @@ async def test_a_reload_is_an_event_saved_and_sent_to_webhooks(
                 cfg["timeouts"] = {"idle": "20s"}
                 path.write_text(yaml.safe_dump(cfg))
                 assert reload.reload_recorded(server.rt, "SIGHUP") == ["timeouts"]
+                assert server.rollout is not None
+                await server.rollout.flush()  # saved beside the loop; this waits for it
                 saved = json.loads(state.read_text())
                 assert [e["kind"] for e in saved["events"]][-1] == "reload"
                 await until(lambda: any(h.get("kind") == "reload" for h in hooked),

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.config.hooks import Hook
 from proxy.control.webhooks import ConfirmGate, Notifier
+from tests.deadline import until
 
 
 @dataclass
@@ -114,14 +115,6 @@ async def gate_for(
     yield make
     for g in made:
         await g.stop()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``cond`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_delivers_json_with_headers(receiver: Receiver, make_notifier: MakeNotifier) -> None:

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
-from admin.api import AdminServer
 from admin.demo.backend import Backend
+from admin.server import AdminServer
 from proxy.config.load import load
 from proxy.runtime.runtime import Runtime
 from proxy.runtime.server import ProxyServer
@@ -153,9 +153,10 @@ def snapshot(rt: Runtime) -> dict[str, Any]:
     """Everything a mutation could change."""
     assert rt.rollout is not None
     st = rt.rollout.controller.state
-    return {"weight": rt.new_weight_bp, "state": st.to_dict(), "events": len(st.events),
+    return {"weight": rt.live.new_weight_bp, "state": st.to_dict(), "events": len(st.events),
             "config": id(rt.config), "salt": rt.config.routing.salt,
-            "deny": rt.router.deny_users, "allow": rt.router.allow_users}
+            "deny": rt.snapshot.router.denied_users(rt.live),
+            "allow": rt.snapshot.router.allowed_users(rt.live)}
 
 
 async def call(session: aiohttp.ClientSession, method: str, url: str,
@@ -260,7 +261,7 @@ async def test_wrong_or_missing_token_changes_nothing(env: Env) -> None:
         assert status == 200 and env.rt.config.routing.salt == "changed"
         status, _, _ = await call(s, "PUT", env.url + "/weights", json={"new": 50},
                                   headers={"Authorization": AUTH})
-        assert status == 200 and env.rt.new_weight_bp == 5000
+        assert status == 200 and env.rt.live.new_weight_bp == 5000
     print(f"\n{checked} unauthorised mutation attempts, none changed anything")
 
 

@@ -37,10 +37,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -48,6 +47,7 @@ from typing import Any, cast
 import h11
 import pytest
 
+from tests.deadline import until_sync
 from tests.functional.conftest import StartVeer
 
 HOST = "httpbin.test"  # sent as Host both ways, so URLs built from it are the same
@@ -325,18 +325,6 @@ _check_unique(CASES)
 # -- the backend ----------------------------------------------------------------------
 
 
-def _wait_until(check: Callable[[], bool], timeout: float, what: str,
-                interval: float = 0.05) -> None:
-    """Poll ``check`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (make setup-test should have installed it)")
@@ -401,7 +389,8 @@ def httpbin_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                                      + _tail(log_path))
             return _answers(port)
 
-        _wait_until(ready, STARTUP_TIMEOUT, f"gunicorn httpbin on port {port}")
+        until_sync(ready, STARTUP_TIMEOUT, interval=0.05,
+                   what=f"gunicorn httpbin on port {port}")
         yield port
     finally:
         _stop(proc)

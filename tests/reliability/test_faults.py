@@ -27,7 +27,7 @@ async def test_stuck_endpoint_times_out_then_is_ejected(
                              headers={"X-User-Id": str(i)}) as r:
                 statuses.append(r.status)
                 await r.read()
-    stuck = server.rt.balancers["original"].endpoints[0]
+    stuck = server.rt.snapshot.pools.balancers["original"].endpoints[0]
     assert stuck.ejections == 1
     assert statuses.count(504) == 2  # the two timeouts that ejected it, then only 200s
     assert statuses[-6:] == [200] * 6

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 
 from admin.demo.backend import Backend
-from proxy.routing.router import NEW, ORIGINAL, bucket, choose
+from proxy.routing.hashing import bucket, choose
+from proxy.routing.variant import NEW, ORIGINAL
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer, base_config
 
@@ -58,7 +59,7 @@ async def _flipper(server: ProxyServer, stop: asyncio.Event) -> int:
     """The load: alternate the weight every 10 ms until told to stop."""
     flips = 0
     while not stop.is_set():
-        server.rt.set_weight(HIGH_BP if server.rt.new_weight_bp == LOW_BP else LOW_BP)
+        server.rt.live.set_weight(HIGH_BP if server.rt.live.new_weight_bp == LOW_BP else LOW_BP)
         flips += 1
         await asyncio.sleep(FLIP_EVERY)
     return flips

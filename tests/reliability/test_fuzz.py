@@ -28,7 +28,7 @@ import yaml
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
-from admin.api import AdminServer
+from admin.server import AdminServer
 from proxy.config.load import from_dict, load
 from proxy.config.reader import ConfigError
 from proxy.control.controller import Controller

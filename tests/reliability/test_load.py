@@ -27,6 +27,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.deadline import until
 from tests.reliability.processes import (
     HOST,
     ROOT,
@@ -70,20 +71,34 @@ class Veer:
 StartVeer = Callable[..., Awaitable[Veer]]
 
 
+class _VeerExited(AssertionError):
+    """veer exited while a test waited for it (the message carries its whole log)."""
+
+
 async def _wait_listening(port: int, veer_proc: subprocess.Popen[bytes], log: Path,
                           timeout: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        assert veer_proc.poll() is None, "veer exited:\n" + log.read_text(errors="replace")
+    """Wait until ``port`` accepts; fail at once with veer's log if it exits, or at the
+    deadline with the log's tail."""
+
+    async def listening() -> bool:
+        if veer_proc.poll() is not None:
+            raise _VeerExited("veer exited:\n" + log.read_text(errors="replace"))
         try:
             _, w = await asyncio.open_connection(HOST, port)
             w.close()
             await w.wait_closed()
-            return
         except OSError:
-            assert loop.time() < deadline, f"veer did not listen on {port} within {timeout}s"
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    try:
+        await until(listening, timeout, interval=0.05, what=f"veer to listen on {port}")
+    except _VeerExited:
+        raise
+    except AssertionError as e:  # the deadline passed with veer still running
+        tail = log.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"veer did not listen on {port} within {timeout}s; "
+                             f"log tail:\n{tail}") from e
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.config.model import Address, Health
-from proxy.upstream.pool import Balancer, Endpoint
+from proxy.upstream.balancer import Balancer
+from proxy.upstream.endpoint import Endpoint
 
 HEALTH = Health(consecutive_failures=3, ejection_time=10.0, max_ejected_percent=50)
 

@@ -11,9 +11,11 @@ import pytest
 
 from proxy.config.plan import Rollout, read_rollout
 from proxy.config.reader import Reader
-from proxy.control.controller import ActionError, Controller, Totals
+from proxy.control.controller import ActionError, Controller
 from proxy.control.state import Status
-from proxy.routing.router import NEW, ORIGINAL, Variant
+from proxy.routing.variant import NEW, ORIGINAL, Variant
+from proxy.telemetry.slots import SecondSlot
+from proxy.telemetry.source import Totals
 
 SEED_PLAN: dict[str, Any] = {
     "name": "checkout-v2", "tick": "250ms",
@@ -56,6 +58,9 @@ class FakeTelemetry:
 
     def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None:
         self.watched = (p99_limit, p999_limit)
+
+    def closed_slots(self, after: int) -> list[SecondSlot]:
+        return []
 
     def mark(self) -> None:
         self.marks += 1

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http import h1
 from proxy.http.heads import request_head, response_head
 from proxy.http.request import Request
+from proxy.wire import h1
 
 
 def make_request(headers: list[tuple[bytes, bytes]], method: bytes = b"GET",

@@ -11,7 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config.model import Cohort, KeySource, Routing
-from proxy.routing.router import NEW, ORIGINAL, Decision, Router, bucket, choose, parse_cookies
+from proxy.routing.hashing import bucket, choose
+from proxy.routing.keys import parse_cookies
+from proxy.routing.live import LiveState
+from proxy.routing.router import Decision, Router
+from proxy.routing.variant import NEW, ORIGINAL
 
 # ---------------------------------------------------------------------------
 # bucket / choose: fixed vectors from the design (and Unleash's own tests)
@@ -155,7 +159,7 @@ def make_router(uid: str = "generated-uid", **kw: Any) -> Router:
 
 def route(router: Router, headers: dict[bytes, bytes] | None = None, query: bytes = b"",
           ip: str = "10.0.0.1", weight: int = 5000) -> Decision:
-    return router.route(headers or {}, query, ip, weight)
+    return router.route(headers or {}, query, ip, LiveState(weight))
 
 
 @pytest.mark.parametrize(("headers", "query", "user"), [
@@ -195,7 +199,7 @@ def test_weighted_decision_uses_bucket() -> None:
        weight=st.integers(0, 10000))
 def test_router_weight_matches_choose(key: str, weight: int) -> None:
     router = make_router(user_key=(KeySource("header", "X-User-Id"),))
-    d = router.route({b"x-user-id": key.encode()}, b"", "10.0.0.1", weight)
+    d = router.route({b"x-user-id": key.encode()}, b"", "10.0.0.1", LiveState(weight))
     assert d.reason == "weight"
     assert d.variant == choose(bucket("AB12A", key), weight)
 
@@ -232,7 +236,8 @@ def test_anonymous_cookie_not_used_when_key_present() -> None:
 
 def test_default_uid_generator() -> None:
     router = Router(Routing())
-    a, b = router.route({}, b"", "1.2.3.4", 0), router.route({}, b"", "1.2.3.4", 0)
+    live = LiveState()
+    a, b = router.route({}, b"", "1.2.3.4", live), router.route({}, b"", "1.2.3.4", live)
     assert a.set_cookie is not None and b.set_cookie is not None
     assert len(a.set_cookie) == 24
     int(a.set_cookie, 16)  # hex

@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import proxy.control.state
-from proxy.control.state import (
-    FORMAT,
-    Event,
-    FileStore,
-    MemoryStore,
-    RolloutState,
-    StateError,
-    Status,
-)
+from proxy.control.state import FORMAT, Event, RolloutState, StateError, Status
+from proxy.control.store import FileStore, MemoryStore, VersionConflict
+from proxy.timing.clock import ManualClock
+from tests.deadline import until
 
 
 def _event(i: int) -> Event:
@@ -135,32 +128,34 @@ def test_save_writes_valid_json_and_leaves_no_temp_files(tmp_path: Path) -> None
     path = tmp_path / "state.json"
     store = FileStore(path)
     state = _state()
-    store.save(state)
-    assert json.loads(path.read_bytes()) == json.loads(json.dumps(state.to_dict()))
+    store.write(state, store.version)
+    written = json.loads(path.read_bytes())
+    assert written == {**json.loads(json.dumps(state.to_dict())), "version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
-    assert store.load() == state
+    assert store.read() == state
 
 
 def test_save_replaces_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    path.write_text("old contents, not even JSON")
+    FileStore(path).write(_state(events=0), 0)  # an older state, by an earlier process
     store = FileStore(path)
+    store.read()  # at version 1 (an unreadable file would have been moved aside here)
     state = _state()
-    store.save(state)
+    store.write(state, store.version)
     state.weight_bp = 5000
     state.events.append(_event(99))
-    store.save(state)
+    store.write(state, store.version)
     assert json.loads(path.read_text())["weight_bp"] == 5000
-    assert store.load() == state
+    assert store.read() == state
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
 def test_save_is_atomic_rename_not_in_place_write(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     store = FileStore(path)
-    store.save(_state())
+    store.write(_state(), store.version)
     before = os.stat(path).st_ino
-    store.save(_state(events=1))
+    store.write(_state(events=1), store.version)
     # A fresh inode: the old file was replaced whole, never rewritten in place.
     assert os.stat(path).st_ino != before
 
@@ -169,19 +164,19 @@ def test_save_bounds_events_dropping_the_oldest(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     store = FileStore(path, max_events=10)
     state = _state(events=25)
-    store.save(state)
+    store.write(state, store.version)
     saved = json.loads(path.read_text())["events"]
     assert len(saved) == 10
     assert [e["evidence"]["n"] for e in saved] == list(range(15, 25))
-    loaded = store.load()
+    loaded = store.read()
     assert loaded is not None
     assert [e.evidence["n"] for e in loaded.events] == list(range(15, 25))
 
 
 def test_save_under_the_bound_keeps_every_event(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "state.json", max_events=10)
-    store.save(_state(events=10))
-    loaded = store.load()
+    store.write(_state(events=10), store.version)
+    loaded = store.read()
     assert loaded is not None and len(loaded.events) == 10
 
 
@@ -189,8 +184,8 @@ def test_save_serialises_odd_evidence(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "state.json")
     state = RolloutState(rollout="r", events=[
         Event(1.0, "breach", "a", "b", "why", "controller", {"path": tmp_path, "t": (1, 2)})])
-    store.save(state)
-    loaded = store.load()
+    store.write(state, store.version)
+    loaded = store.read()
     assert loaded is not None
     assert loaded.events[0].evidence == {"path": str(tmp_path), "t": [1, 2]}
 
@@ -198,17 +193,17 @@ def test_save_serialises_odd_evidence(tmp_path: Path) -> None:
 # --- FileStore.load -------------------------------------------------------------------
 
 def test_load_missing_file_is_none(tmp_path: Path) -> None:
-    assert FileStore(tmp_path / "nothing.json").load() is None
+    assert FileStore(tmp_path / "nothing.json").read() is None
 
 
 def test_load_truncated_file_is_kept_aside(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     store = FileStore(path)
-    store.save(_state())
+    store.write(_state(), store.version)
     truncated = path.read_bytes()[:57]
     path.write_bytes(truncated)
     with pytest.raises(StateError) as info:
-        store.load()
+        store.read()
     kept = info.value.kept
     assert kept is not None
     assert Path(kept).exists()
@@ -218,7 +213,7 @@ def test_load_truncated_file_is_kept_aside(tmp_path: Path) -> None:
     assert kept in str(info.value)
     assert str(path) in str(info.value)
     # With the bad file gone, the next load starts fresh.
-    assert store.load() is None
+    assert store.read() is None
 
 
 @pytest.mark.parametrize("content", [
@@ -229,24 +224,22 @@ def test_load_unusable_content_is_kept_aside(tmp_path: Path, content: bytes) -> 
     path = tmp_path / "state.json"
     path.write_bytes(content)
     with pytest.raises(StateError) as info:
-        FileStore(path).load()
+        FileStore(path).read()
     assert info.value.kept is not None
     assert Path(info.value.kept).read_bytes() == content
     assert not path.exists()
 
 
-def test_kept_copies_are_never_overwritten(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # The same second for every copy: names must still differ.
-    monkeypatch.setattr(proxy.control.state, "time",
-                        SimpleNamespace(strftime=lambda fmt: "20250101T000000"))
+def test_kept_copies_are_never_overwritten(tmp_path: Path) -> None:
+    # The same second for every copy (a clock that does not move): names must still differ.
+    clock = ManualClock(wall=1735689600.0)  # 2025-01-01T00:00:00Z
     path = tmp_path / "state.json"
-    store = FileStore(path)
+    store = FileStore(path, clock=clock)
     kept: list[str] = []
     for i in range(3):
         path.write_bytes(b"{corrupt %d" % i)
         with pytest.raises(StateError) as info:
-            store.load()
+            store.read()
         assert info.value.kept is not None
         kept.append(info.value.kept)
     assert len(set(kept)) == 3
@@ -262,7 +255,7 @@ def test_kept_copies_in_real_time_differ(tmp_path: Path) -> None:
     for content in (b"{first", b"{second"):
         path.write_bytes(content)
         with pytest.raises(StateError) as info:
-            store.load()
+            store.read()
         kept.append(info.value.kept)
     assert kept[0] != kept[1]
     assert Path(str(kept[0])).read_bytes() == b"{first"
@@ -280,47 +273,80 @@ def test_lock_is_exclusive_until_close(tmp_path: Path) -> None:
         with pytest.raises(StateError, match="in use"):
             second.lock()
     finally:
-        first.close()
+        first.unlock()
     second.lock()
     try:
         third = FileStore(path)
         with pytest.raises(StateError, match="in use"):
             third.lock()
     finally:
-        second.close()
-    second.close()  # closing twice is harmless
+        second.unlock()
+    second.unlock()  # closing twice is harmless
 
 
 def test_lock_does_not_block_other_paths(tmp_path: Path) -> None:
     a, b = FileStore(tmp_path / "a.json"), FileStore(tmp_path / "b.json")
     a.lock()
     b.lock()
-    a.close()
-    b.close()
+    a.unlock()
+    b.unlock()
 
 
 def test_locked_store_saves_and_loads(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "state.json")
     store.lock()
     try:
-        store.save(_state())
-        assert store.load() == _state()
+        store.write(_state(), store.version)
+        assert store.read() == _state()
     finally:
-        store.close()
+        store.unlock()
 
 
 # --- MemoryStore ----------------------------------------------------------------------
 
 def test_memory_store_round_trip() -> None:
     store = MemoryStore()
-    assert store.load() is None
+    assert store.read() is None
     state = _state()
-    store.save(state)
-    loaded = store.load()
+    store.write(state, store.version)
+    loaded = store.read()
     assert loaded == state
     assert loaded is not state
     assert loaded is not None
     loaded.deny_users.append("mallory")
     loaded.events.clear()
-    assert store.load() == state
-    store.close()
+    assert store.read() == state
+
+
+# --- the StateStore protocol: versions, compare-and-set, watch ------------------------
+
+async def test_file_store_saves_with_compare_and_set(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    assert await store.load() == (None, 0)
+    v1 = await store.save(_state(), 0)
+    v2 = await store.save(_state(events=1), v1)
+    assert (v1, v2) == (1, 2)
+    with pytest.raises(VersionConflict):
+        await store.save(_state(events=2), v1)  # a writer that read version 1 lost the race
+    state, version = await FileStore(tmp_path / "state.json").load()
+    assert version == 2 and state == _state(events=1)  # the stale save changed nothing
+
+
+async def test_file_store_never_overwrites_a_file_it_cannot_read(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b"{half a file")
+    with pytest.raises(VersionConflict):
+        await FileStore(path).save(_state(), 0)
+    assert path.read_bytes() == b"{half a file"
+
+
+async def test_memory_store_pushes_other_writers_saves_to_watchers() -> None:
+    store = MemoryStore()
+    seen: list[tuple[RolloutState, int]] = []
+    store.watch(lambda state, version: seen.append((state, version)))
+    version = await store.save(_state(events=2), 0)
+    with pytest.raises(VersionConflict):
+        await store.save(_state(), 0)
+    await until(lambda: len(seen) == 1, what="the change pushed to the watcher")
+    assert seen == [(_state(events=2), version)]
+    assert await store.load() == (_state(events=2), 1)

@@ -83,15 +83,6 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
     return tokens
 
 
-class ProxyError(Exception):
-    """A failure veer answers itself (``error_response``), before any response byte of the
-    upstream went to the client. ``kind`` names it in the error counters."""
-
-    def __init__(self, status: int, kind: str, cause: str) -> None:
-        super().__init__(cause)
-        self.status, self.kind, self.cause = status, kind, cause
-
-
 def error_response(code: int, cause: str, close: bool = True,
                    extra: bytes = b"", head: bool = False) -> bytes:
     """A complete short plain-text response naming the cause, e.g. for 502/503/504; for a

@@ -1,6 +1,5 @@
-"""The admin listener: status, weights, rollout actions, events, analysis, metrics, dashboard.
+"""The admin API's routes: status, weights, rollout actions, events, analysis, metrics, UI.
 
-Its own port, apart from the data plane, on the same loop and ``Runtime``.
 GET never changes anything. Every mutation is a POST or PUT with
 ``Authorization: Bearer <token>`` (compared in constant time), a JSON body
 of bounded size checked against its schema, and becomes an event naming its
@@ -21,25 +20,19 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from admin import views
-from admin.metrics import build_registry, render
+from admin.metrics import render
 from admin.openapi import SPEC
 from admin.requests import (
-    MAX_BODY,
-    TOKEN,
     ApiError,
     authorise,
-    errors,
     field,
-    load_token,
     only,
     read_body,
 )
-from admin.wire_errors import JsonErrorRunner
-from proxy.config.net import is_loopback
 from proxy.config.reader import ConfigError
 from proxy.config.units import parse_duration, parse_percent_bp
 from proxy.control.state import Event
-from proxy.routing.router import ORIGINAL
+from proxy.routing.variant import ORIGINAL
 from proxy.runtime.reload import ReloadError, reload_recorded
 from proxy.runtime.runtime import Runtime
 
@@ -101,7 +94,7 @@ async def get_events(request: web.Request) -> web.Response:
                        "limit and offset are integers, since a number") from None
     if not 1 <= limit <= 500 or offset < 0:
         raise ApiError(400, "bad query", "limit must be 1..500 and offset >= 0")
-    source = rt.rollout.controller.state.events if rt.rollout else rt.events
+    source = rt.journal.events
     return web.json_response(views.events(source, q.get("kind"), q.get("actor"), since,
                                           limit, offset))
 
@@ -133,7 +126,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded, not draining, and original has a usable endpoint."""
     rt = request.app[RUNTIME]
-    usable = rt.balancers[ORIGINAL].usable_count(rt.loop.time())
+    usable = rt.snapshot.pools.balancers[ORIGINAL].usable_count(rt.loop.time())
     problems = []
     if rt.draining:
         problems.append("draining")
@@ -165,11 +158,12 @@ async def put_weights(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid body", "original + new must be 100")
     rt = request.app[RUNTIME]
     if rt.rollout is not None:
-        return _events_out(rt.rollout.act("set_weight", actor, weight_bp=new_bp), request)
-    event = Event(time.time(), "weight", f"{rt.new_weight_bp / 100:g}%", f"{new_bp / 100:g}%",
-                  "manual weight", actor)
-    rt.set_weight(new_bp)
-    rt.record(event)
+        return _events_out(await rt.rollout.act("set_weight", actor, weight_bp=new_bp),
+                           request)
+    event = Event(rt.clock.wall(), "weight", f"{rt.live.new_weight_bp / 100:g}%",
+                  f"{new_bp / 100:g}%", "manual weight", actor)
+    rt.live.set_weight(new_bp)
+    rt.journal.record(event)
     return _events_out([event], request)
 
 
@@ -184,7 +178,7 @@ async def post_action(request: web.Request) -> web.Response:
     reason = field(body, "reason", (str,))
     runner = _runner(request)
     kwargs = {"reason": reason[:500]} if reason and action in ("pause", "abort") else {}
-    return _events_out(runner.act(action, actor, **kwargs), request)
+    return _events_out(await runner.act(action, actor, **kwargs), request)
 
 
 async def post_rollback(request: web.Request) -> web.Response:
@@ -217,7 +211,7 @@ async def post_rollback(request: web.Request) -> web.Response:
                                                        for u in users):
             raise ApiError(422, "invalid body", "users is a non-empty list of user ids")
         kwargs["users"] = users
-    return _events_out(_runner(request).act("rollback", actor, **kwargs), request)
+    return _events_out(await _runner(request).act("rollback", actor, **kwargs), request)
 
 
 async def post_reload(request: web.Request) -> web.Response:
@@ -237,15 +231,8 @@ async def post_reload(request: web.Request) -> web.Response:
     return web.json_response({"reloaded": True, "changed": changed, "config": rt.config.source})
 
 
-def build_app(rt: Runtime, token: str | None) -> web.Application:
-    """The admin application for one runtime."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
-    app[RUNTIME] = rt
-    app[REGISTRY] = build_registry(rt)
-    app[STARTED] = time.time()
-    app[CACHE] = {}
-    if token is not None:
-        app[TOKEN] = token
+def add_routes(app: web.Application) -> None:
+    """Every route of the admin API on ``app``."""
     r = app.router
     r.add_get("/metrics", metrics)
     r.add_get("/healthz", healthz)
@@ -260,46 +247,3 @@ def build_app(rt: Runtime, token: str | None) -> web.Application:
     r.add_post("/rollout/rollback", post_rollback)
     r.add_post("/reload", post_reload)
     r.add_post("/rollout/{action}", post_action)
-    return app
-
-
-class AdminServer:
-    """The admin listener's lifecycle around an ``AppRunner``."""
-
-    def __init__(self, rt: Runtime, token: str | None = None, *,
-                 token_from_config: bool = True) -> None:
-        self.rt = rt
-        if token is None and token_from_config:
-            token = load_token(rt.config.admin)
-        self.token = token
-        self.runner = JsonErrorRunner(build_app(rt, self.token), access_log=None,
-                                      handle_signals=False)
-        self._started = False
-
-    @property
-    def port(self) -> int:
-        if not self._started:
-            raise RuntimeError("admin server is not listening; call start() first")
-        port: int = self.runner.addresses[0][1]
-        return port
-
-    async def start(self) -> None:
-        listen = self.rt.config.admin.listen
-        if self.token is None and not is_loopback(listen.host):
-            raise RuntimeError(f"admin.listen {listen} is not a loopback address and no admin "
-                               "token is configured (VEER_ADMIN_TOKEN or admin.token_file)")
-        await self.runner.setup()
-        try:
-            # aiohttp's default backlog (128) drops the SYNs of a burst of connections
-            # (dashboards, scrapers, scripts), each then waiting a 1 s retransmit; take the
-            # data plane's.
-            await web.TCPSite(self.runner, listen.host, listen.port, backlog=4096).start()
-        except BaseException:
-            await self.runner.cleanup()
-            raise
-        self._started = True
-
-    async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self.runner.cleanup()

@@ -1,0 +1,100 @@
+"""What the data plane reads: one snapshot of what the config decides, and the live process.
+
+``Snapshot`` is immutable: the router, the upstream pools and the limits and
+timeouts of one config, built whole and swapped whole on reload. A connection
+reads the current snapshot when each request's head begins, and the exchange
+keeps that request's snapshot to the end, so nothing derived from config is
+ever copied into a connection, and nothing in flight sees half a reload.
+
+``DataPlane`` is what every connection of the process shares: the current
+snapshot, the ``LiveState`` the controller writes, the recorder, the client
+table, the deadline sweeper, the open connections (for drain) and the one
+upstream read buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.config.model import Config, Limits, Timeouts
+from proxy.http.fairness import ClientTable
+from proxy.routing.live import LiveState
+from proxy.routing.router import Router
+from proxy.telemetry.recorder import Recorder
+from proxy.timing.sweeper import Sweeper
+from proxy.upstream.connection import ReadBuffer
+from proxy.upstream.pools import Pools
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one config decides for the data plane."""
+
+    config: Config
+    router: Router
+    pools: Pools
+    limits: Limits
+    timeouts: Timeouts
+    recording: bool
+    upgrades: frozenset[str]
+
+    @staticmethod
+    def build(config: Config, previous: Snapshot | None = None) -> Snapshot:
+        """The snapshot of ``config``; endpoints that ``previous`` had keep their state
+        (call ``retire`` on the new one once it is in use)."""
+        return Snapshot(config, Router(config.routing),
+                        Pools(config, previous.pools if previous is not None else None),
+                        config.limits, config.timeouts, config.recording.enabled,
+                        config.upgrades)
+
+
+class Drainable(Protocol):
+    """An open client connection, as drain and stop see it."""
+
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class DataPlane:
+    """The state every connection of one process shares."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.snapshot = Snapshot.build(config)
+        self.live = LiveState(config.new_weight_bp)
+        self.recorder = Recorder(config.recording.window)
+        self.clients = ClientTable()
+        self.connections: set[Drainable] = set()
+        self.read_buffer = ReadBuffer()  # where every upstream read lands (see upstream)
+        self.upstream_in_flight = 0
+        self.draining = False
+        self.sweeper = Sweeper(period=_sweep_period(config.timeouts))
+        self.sweeper.add(_IdleJanitor(self))
+
+    @property
+    def config(self) -> Config:
+        """The config of the current snapshot."""
+        return self.snapshot.config
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Make ``snapshot`` current: every request that begins after this reads it."""
+        previous, self.snapshot = self.snapshot, snapshot
+        snapshot.pools.retire(previous.pools)
+
+
+class _IdleJanitor:
+    """Closes upstream keep-alive connections idle longer than the configured time."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def check(self, now: float) -> None:
+        self.plane.snapshot.pools.expire_idle(now)
+
+
+def _sweep_period(t: Timeouts) -> float:
+    """A quarter of the shortest timeout, between 10 ms and 250 ms."""
+    active = [v for v in (t.first_byte, t.idle, t.total, t.client_header, t.client_idle) if v > 0]
+    return min(0.25, max(0.01, min(active, default=1.0) / 4))

@@ -1,0 +1,35 @@
+"""What is decided at run time, not by the config: the weight on new and the extra cohorts.
+
+The controller (or an operator, when no rollout runs) writes it; the router
+reads it once per request. It is separate from the config-derived snapshot, so
+a reload never resets it and a weight change never rebuilds anything.
+"""
+
+from __future__ import annotations
+
+
+class LiveState:
+    """The weight on new (basis points) and the cohorts added at run time."""
+
+    __slots__ = ("allow_groups", "allow_users", "deny_users", "new_weight_bp")
+
+    def __init__(self, new_weight_bp: int = 0) -> None:
+        self.new_weight_bp = 0
+        self.allow_users: frozenset[str] = frozenset()  # a phase's testers or rings
+        self.allow_groups: frozenset[str] = frozenset()
+        self.deny_users: frozenset[str] = frozenset()  # a targeted rollback
+        self.set_weight(new_weight_bp)
+
+    def set_weight(self, new_weight_bp: int) -> None:
+        """The share of users on new, 0..10000 basis points; the next request sees it."""
+        if not 0 <= new_weight_bp <= 10000:
+            raise ValueError(f"weight must be 0..10000 basis points, got {new_weight_bp}")
+        self.new_weight_bp = new_weight_bp
+
+    def set_cohorts(self, allow_users: frozenset[str] = frozenset(),
+                    allow_groups: frozenset[str] = frozenset(),
+                    deny_users: frozenset[str] = frozenset()) -> None:
+        """Cohorts on top of the config's, from the next request."""
+        self.allow_users = allow_users
+        self.allow_groups = allow_groups
+        self.deny_users = deny_users

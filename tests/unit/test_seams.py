@@ -1,0 +1,202 @@
+"""The seams the multi-process work plugs into, each with its single-process implementation:
+telemetry slots that merge exactly, the lease, the state store under the runner, the clock,
+live state apart from the snapshot, the typed idle pool."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.config.load import from_dict
+from proxy.config.plan import Rollout, read_rollout
+from proxy.config.reader import Reader
+from proxy.control.rollout import RolloutRunner, StateSaveError
+from proxy.control.state import RolloutState
+from proxy.control.store import MemoryStore
+from proxy.http.plane import Snapshot
+from proxy.routing.live import LiveState
+from proxy.routing.variant import NEW, ORIGINAL
+from proxy.telemetry import latency, slots
+from proxy.telemetry.recorder import Recorder
+from proxy.telemetry.slots import SecondSlot
+from proxy.telemetry.source import LocalTelemetry
+from proxy.timing.clock import ManualClock
+from proxy.upstream.idle import IdlePool
+from tests.deadline import until
+
+
+# -- closed slots: the wire format between processes -----------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 60_000_000), max_size=40), min_size=1, max_size=4))
+def test_slots_of_several_processes_merge_to_the_one_process_numbers(
+        per_process: list[list[int]]) -> None:
+    whole = Recorder()
+    parts = [Recorder() for _ in per_process]
+    for rec, values in zip(parts, per_process, strict=True):
+        for v in values:
+            rec.variants[NEW].record(200, v, False, 100.5)
+            whole.variants[NEW].record(200, v, False, 100.5)
+    wire = [SecondSlot.from_wire(s.to_wire())  # as if sent between processes
+            for rec in parts for s in rec.variants[NEW].closed_slots(NEW, 0, 102.0)]
+    merged = slots.merge(wire)
+    expected = whole.variants[NEW].closed_slots(NEW, 0, 102.0)
+    if not expected:
+        assert merged == []
+        return
+    [one] = merged
+    [exact] = expected
+    assert (one.requests, one.errors, one.sum_us) == (exact.requests, exact.errors,
+                                                      exact.sum_us)
+    a, b = one.latencies(), exact.latencies()
+    assert latency.quantiles_us(a, (50.0, 99.0, 99.9)) == \
+        latency.quantiles_us(b, (50.0, 99.0, 99.9))
+    assert a.get_total_count() == b.get_total_count() == sum(map(len, per_process))
+
+
+def test_only_closed_seconds_are_slots() -> None:
+    rec = Recorder()
+    for second in (10.2, 11.7, 12.1):
+        rec.variants[ORIGINAL].record(503, 1000, False, second)
+    got = [(s.second, s.errors) for s in rec.variants[ORIGINAL].closed_slots(ORIGINAL, 0, 12.5)]
+    assert got == [(10, 1), (11, 1)]  # 12 is still open
+    assert rec.variants[ORIGINAL].closed_slots(ORIGINAL, 10, 12.5)[0].second == 11
+
+
+@pytest.mark.parametrize("bad", [{"variant": "blue"}, {"requests": -1}, {"second": "x"}])
+def test_a_bad_slot_on_the_wire_is_refused(bad: dict[str, object]) -> None:
+    good = SecondSlot(NEW, 5, 1, 0, 10, b"").to_wire()
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        SecondSlot.from_wire({**good, **bad})
+
+
+# -- the runner: lease, saving beside the loop, compare-and-set -------------------------
+def _rollout() -> Rollout:
+    r = read_rollout(Reader("test", {"name": "r", "plan": [
+        {"name": "a", "weight": 10, "duration": "1s", "gates": {"min_requests": 1}},
+        {"name": "full", "weight": 100}]}, "rollout"))
+    assert r is not None
+    return r
+
+
+class Lease:
+    def __init__(self, held: bool) -> None:
+        self.is_held = held
+
+    def held(self, now: float) -> bool:
+        return self.is_held
+
+
+def _runner(store: MemoryStore, lease: Lease, clock: ManualClock,
+            live: LiveState | None = None, version: int = 0) -> RolloutRunner:
+    rollout = _rollout()
+    return RolloutRunner(rollout, store, LocalTelemetry(Recorder(), clock),
+                         live or LiveState(), clock, lease,
+                         RolloutState(rollout="r", weight_bp=1000, phase_started=clock.wall()),
+                         version)
+
+
+async def test_without_the_lease_the_runner_decides_nothing() -> None:
+    clock = ManualClock()
+    live = LiveState()
+    runner = _runner(MemoryStore(), Lease(False), clock, live)
+    assert live.new_weight_bp == 1000  # what is saved still applies
+    clock.advance(5)
+    assert runner.step() == []
+    from proxy.control.controller import ActionError
+    with pytest.raises(ActionError, match="lease"):
+        await runner.act("promote", "op")
+    assert live.new_weight_bp == 1000
+
+
+async def test_an_action_returns_once_saved_and_a_tick_never_waits_for_the_disk() -> None:
+    release = asyncio.Event()
+    writes: list[int] = []
+
+    class SlowStore(MemoryStore):
+        async def save(self, state: RolloutState, version: int) -> int:
+            await release.wait()  # a disk that takes its time
+            writes.append(state.weight_bp)
+            return await super().save(state, version)
+
+    clock = ManualClock()
+    live = LiveState()
+    runner = _runner(SlowStore(), Lease(True), clock, live)
+    acted = asyncio.get_running_loop().create_task(runner.act("promote", "op"))
+    await until(lambda: live.new_weight_bp == 10000, what="the weight applied at once")
+    assert runner.step() == []  # a tick meanwhile returns without waiting
+    assert not acted.done()  # the action waits for its state to be durable
+    release.set()
+    await acted
+    assert writes[-1] == 10000
+
+
+async def test_a_second_writer_on_the_same_store_is_refused_not_overwritten() -> None:
+    store, clock = MemoryStore(), ManualClock()
+    first = _runner(store, Lease(True), clock)
+    await first.flush()
+    second = _runner(store, Lease(True), clock)  # thinks the store is at version 0
+    with pytest.raises(StateSaveError, match="version"):
+        await second.flush()
+    assert store.read() is not None and store.version == 1
+
+
+async def test_a_save_pushed_by_another_writer_is_applied() -> None:
+    store, clock = MemoryStore(), ManualClock()
+    leader_live, follower_live = LiveState(), LiveState()
+    leader = _runner(store, Lease(True), clock, leader_live)
+    await leader.flush()
+    # It loaded the leader's state at start; without the lease it never writes.
+    follower = _runner(store, Lease(False), clock, follower_live, store.version)
+    await leader.act("promote", "op")
+    await until(lambda: follower_live.new_weight_bp == 10000, what="the pushed weight")
+    assert follower.controller.state.status == "complete"
+
+
+# -- live state apart from the snapshot ----------------------------------------------
+def test_a_new_snapshot_keeps_endpoints_and_leaves_live_state_alone() -> None:
+    cfg = from_dict({"upstreams": {"original": {"endpoints": ["http://127.0.0.1:1"]},
+                                   "new": {"endpoints": ["http://127.0.0.1:2",
+                                                         "http://127.0.0.1:3"]}}})
+    first = Snapshot.build(cfg)
+    live = LiveState(2500)
+    ep = first.pools.balancers[NEW].endpoints[0]
+    ep.total = 7
+    again = Snapshot.build(cfg, first)
+    assert again.pools.balancers[NEW].endpoints[0] is ep and ep.total == 7
+    assert again.pools.idle[ep] is first.pools.idle[ep]  # its idle connections stay
+    assert again.router is not first.router and live.new_weight_bp == 2500
+    with pytest.raises(ValueError):
+        live.set_weight(10001)
+
+
+# -- the typed idle pool ------------------------------------------------------------------
+class Conn:
+    def __init__(self, idle_since: float) -> None:
+        self.idle_since = idle_since
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_idle_pool_reuses_newest_and_expires_oldest() -> None:
+    pool: IdlePool[Conn] = IdlePool()
+    conns = [Conn(t) for t in (1.0, 2.0, 3.0)]
+    for c in conns:
+        pool.put(c)
+    conns[2].closed = True  # closed while idle: skipped
+    assert pool.take() is conns[1]
+    pool.expire(before=1.5)
+    assert conns[0].closed and len(pool) == 0 and pool.take() is None
+
+
+def test_manual_clock_moves_only_forward() -> None:
+    clock = ManualClock(wall=100.0, monotonic=5.0)
+    clock.advance(random.uniform(0, 3))
+    assert clock.wall() - 100.0 == pytest.approx(clock.monotonic() - 5.0)
+    with pytest.raises(ValueError):
+        clock.advance(-1)
