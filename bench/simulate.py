@@ -2,7 +2,7 @@
 
 No sockets, no sleeping: every run draws its traffic up front from a seeded numpy
 generator (Poisson requests per 250 ms tick, binomial failures and slow requests),
-feeds the cumulative counts to ``proxy.controller.Controller`` through a fake
+feeds the cumulative counts to ``proxy.control.controller.Controller`` through a fake
 telemetry, and calls ``tick(now)`` with a fake clock, so an hour takes a second or
 so. The same traffic is judged by a small model of Flagger's default analysis
 (one check a minute on the last minute's point estimates, one failed check rolls
@@ -316,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--flagger-interval", type=float, default=60.0)
     p.add_argument("--flagger-threshold", type=int, default=1)
     p.add_argument("--experiment", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override proxy.analysis constants {EXPERIMENT_KEYS} (not the product)")
+                   help=f"override proxy.control.analysis constants {EXPERIMENT_KEYS} "
+                        "(not the product)")
     a = p.parse_args(argv)
     if unknown := set(a.scenarios) - set(SCENARIO_KEYS):
         p.error(f"unknown scenarios {sorted(unknown)}")
@@ -362,7 +363,7 @@ def report(a: argparse.Namespace, scenarios: list[Scenario],
     print(f"- Python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, {platform.machine()}")
     label = "EXPERIMENT, not the product's values" if overrides else "the product's values"
-    print("- proxy.analysis: " + ", ".join(f"{k}={v:g}" for k, v in consts.items())
+    print("- proxy.control.analysis: " + ", ".join(f"{k}={v:g}" for k, v in consts.items())
           + f" ({label})")
     print("- plan: one phase `canary` at 10% for 24h, tick 250ms, gates max_error_rate 1%, "
           "max_p99 200ms, min_requests 500; rollback = status rolled-back, weight 0")

@@ -2,7 +2,7 @@
 
 Proxy commands: ``run``, ``check`` (exit 2 on a bad config) and ``demo``.
 
-Operator commands, each a client of the admin API (``admin.client``)::
+Operator commands, each a client of the admin API (``admin.cli.client``)::
 
     veer status                       rollout, phase, gates, weights, per-variant numbers
     veer weights                      the current weights

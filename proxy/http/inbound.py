@@ -1,13 +1,11 @@
 """The client side: an asyncio protocol per connection, parsed by httptools (llhttp).
 
-llhttp in strict mode rejects the framing attacks (CL+TE, duplicate or bad
-Content-Length, bad Transfer-Encoding, obs-fold, bare CR/LF, bad tokens);
-this module adds what a proxy must check on top: one valid Host, no
-Transfer-Encoding on HTTP/1.0 and no coding but chunked, header size and count
-limits, body limit and minimum pace, and header names with underscores dropped
-(a backend could read ``Content_Length`` as ``Content-Length``). Request
-trailers are dropped, never merged into the headers. A rejected request gets
-its 4xx and the connection closes; nothing of it is forwarded.
+What veer checks on top of llhttp is ``proxy.http.head_rules``, and also here: header
+size and count limits, the body limit and minimum pace, header names with
+underscores dropped (a backend could read ``Content_Length`` as
+``Content-Length``), and request trailers dropped, never merged into the
+headers. A rejected request gets its 4xx and the connection closes; nothing of
+it is forwarded.
 
 Each request is routed when its head has arrived, so a pipelined request keeps
 the decision of its arrival. Pipelined requests are answered in order, one
@@ -32,6 +30,7 @@ from typing import cast
 import httptools
 
 from proxy.http.exchange import Exchange
+from proxy.http.head_rules import READ_BY_VEER, Reject, check_head, is_token, read_header, tunnels
 from proxy.http.plane import DataPlane, Snapshot
 from proxy.http.request import Body, Request
 from proxy.upstream.connection import UpstreamConnection
@@ -45,23 +44,6 @@ NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
 WRITE_HIGH_WATER = 32 * 1024
 # Held while an Upgrade request waits for the backend's answer; reading pauses beyond it.
 UPGRADE_HOLD = 64 * 1024
-# RFC 9110 5.6.2 token characters.
-_TCHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")
-# A Connection header may not nominate these away: the request would lose its target.
-_NOT_NOMINABLE = frozenset({b"host"})
-# Headers whose values veer itself reads (one set lookup per header finds them).
-_READ_BY_VEER = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
-                           b"x-forwarded-for", b"expect", b"upgrade"})
-
-
-class Reject(Exception):
-    """A request that must be answered with ``status`` and a closed connection."""
-
-    def __init__(self, status: int, cause: str) -> None:
-        super().__init__(cause)
-        self.status, self.cause = status, cause
-
-
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
@@ -84,9 +66,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_tail = b""
         self._upgrading = False  # an Upgrade request is complete: hold what follows
         self._reading = ReadGate()
-        self._connection_values: list[bytes] = []
         self._header_count = 0
-        self._upgrade_value = b""
         self.write_paused_since = 0.0  # the client is not reading its response
         self.slot = rt.clients.join("")  # replaced at connection_made, with the address
         # The runtime's snapshot as each request's head begins: a reload applies to the
@@ -142,7 +122,7 @@ class ClientConnection(asyncio.Protocol):
             # anything else is malformed. (In a pipelined read the first method is judged:
             # either way the request is refused and nothing of it is forwarded.)
             method = data.lstrip(b"\r\n").split(b" ", 1)[0]
-            if method and _TCHAR.issuperset(method):
+            if method and is_token(method):
                 self.fail(501, "request method not implemented")
             else:
                 self.fail(400, "bad request method")
@@ -182,9 +162,7 @@ class ClientConnection(asyncio.Protocol):
         # compare the two stay right to a millisecond.
         self._req = Request(time.monotonic())
         self._in_headers = True
-        self._connection_values = []
         self._header_count = 0
-        self._upgrade_value = b""
         self._snap = snap = self.rt.snapshot
         self._limits = snap.limits
         self._captured_names = snap.router.header_names
@@ -208,8 +186,8 @@ class ClientConnection(asyncio.Protocol):
         if not self._in_headers:
             return  # a trailer: never merged into the headers (routing has already run)
         lname = name.lower()
-        if lname in _READ_BY_VEER:
-            self._read_header(req, lname, value)
+        if lname in READ_BY_VEER:
+            read_header(req, lname, value)
         elif b"_" in lname:
             return  # normalised away: a backend might read it as a dash
         if lname in self._captured_names:
@@ -217,36 +195,6 @@ class ClientConnection(asyncio.Protocol):
             req.captured[lname] = value if old is None else old + b"; " + value
         if lname not in NOT_FORWARDED:
             req.headers.append((name, value))
-
-    def _read_header(self, req: Request, lname: bytes, value: bytes) -> None:
-        if lname == b"host":
-            if req.host is not None:
-                raise Reject(400, "more than one Host header")
-            if not h1.valid_host(value):
-                raise Reject(400, "bad Host header")
-            req.host = value
-        elif lname == b"content-length":
-            req.content_length = int(value)  # llhttp has validated the digits
-        elif lname == b"transfer-encoding":
-            # llhttp insists chunked is final. Any other coding would be lost when veer
-            # re-frames the body, so it is refused (RFC 9112 6.1), not dropped.
-            # llhttp insists chunked is final. veer re-frames only that chunked layer, so
-            # the codings under it (gzip, ...) are sent on as they came, never dropped.
-            req.chunked = True
-            for coding in value.lower().split(b","):
-                coding = coding.strip(b" \t")
-                if coding not in (b"chunked", b"identity", b""):
-                    req.codings = coding if req.codings is None else req.codings + b", " + coding
-        elif lname == b"connection":
-            self._connection_values.append(value)
-        elif lname == b"x-forwarded-for":
-            req.xff = value if req.xff is None else req.xff + b", " + value
-        elif lname == b"expect":
-            if value.strip().lower() != b"100-continue":
-                raise Reject(417, "unsupported Expect")
-            req.expect_continue = True
-        elif lname == b"upgrade":
-            self._upgrade_value = value
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -256,26 +204,9 @@ class ClientConnection(asyncio.Protocol):
         req.method = parser.get_method()
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
-        if req.method == b"CONNECT":
-            raise Reject(405, "CONNECT is not supported by a reverse proxy")
-        if req.version not in ("1.1", "1.0"):
-            raise Reject(505, f"HTTP/{req.version} is not supported")
-        if req.url == b"*":
-            if req.method != b"OPTIONS":
-                raise Reject(400, "asterisk-form is only for OPTIONS")
-        elif req.url[:1] != b"/":
-            _to_origin_form(req)
-        if req.version == "1.1" and req.host is None:
-            raise Reject(400, "missing Host header")
-        if req.chunked and req.version == "1.0":
-            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if req.content_length is not None and req.content_length > self._limits.max_body_bytes:
-            raise Reject(413, "request body too large")
-        if self._connection_values:
-            req.connection_tokens = list(
-                h1.connection_tokens(self._connection_values) - _NOT_NOMINABLE)
-        if parser.should_upgrade() and self._tunnels(self._upgrade_value):
-            req.upgrade = self._upgrade_value
+        check_head(req, self._limits.max_body_bytes)
+        if parser.should_upgrade() and tunnels(req.upgrade_offer, self._snap.upgrades):
+            req.upgrade = req.upgrade_offer
         if req.chunked or (req.content_length or 0) > 0:
             req.body = Body(self._pause_body, self._resume_body, self.loop.time())
         snap = self._snap
@@ -307,11 +238,6 @@ class ClientConnection(asyncio.Protocol):
             self._upgrading = True
 
     # -- exchanges ------------------------------------------------------------
-    def _tunnels(self, upgrade: bytes) -> bool:
-        """Whether an Upgrade naming ``upgrade`` may become a tunnel (its first protocol)."""
-        first = upgrade.split(b",", 1)[0].split(b"/", 1)[0].strip().lower()
-        return first.decode("latin-1") in self._snap.upgrades
-
     def _hold(self, data: bytes) -> None:
         """Keep bytes that follow an Upgrade request until the backend has answered it."""
         self._upgrade_tail += data
@@ -475,24 +401,3 @@ class ClientConnection(asyncio.Protocol):
         elif self._active is None and self._req is None and not self._queue and (
                 self.rt.draining or (t.client_idle and now - self.last_activity > t.client_idle)):
             self.close()
-
-
-def _to_origin_form(req: Request) -> None:
-    """``GET http://host/path`` -> ``GET /path`` with Host = host (RFC 9112 3.2.2), so the
-    backend cannot see a Host that disagrees with the target veer routed."""
-    scheme, sep, rest = req.url.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https"):
-        raise Reject(400, "request target must be origin-form or absolute-form")
-    end = len(rest)
-    for delim in (b"/", b"?", b"#"):  # the authority ends at the path, query or fragment
-        i = rest.find(delim)
-        if 0 <= i < end:
-            end = i
-    authority, path = rest[:end], rest[end:]
-    if not h1.valid_host(authority):
-        raise Reject(400, "bad authority in request target")
-    path = path.partition(b"#")[0]
-    req.url = path if path[:1] == b"/" else b"/" + path
-    req.host = authority
-    req.headers = [(n, v) for n, v in req.headers if n.lower() != b"host"]
-    req.headers.append((b"Host", authority))

@@ -114,8 +114,9 @@ class Request:
     """The head of one client request, as parsed and checked by the inbound side."""
 
     __slots__ = ("arrival", "body", "captured", "chunked", "codings", "connection_tokens",
-                 "content_length", "decision", "expect_continue", "header_bytes", "headers",
-                 "host", "keep_alive", "method", "upgrade", "url", "version", "xff")
+                 "connection_values", "content_length", "decision", "expect_continue",
+                 "header_bytes", "headers", "host", "keep_alive", "method", "upgrade",
+                 "upgrade_offer", "url", "version", "xff")
 
     def __init__(self, arrival: float) -> None:
         self.arrival = arrival
@@ -131,7 +132,9 @@ class Request:
         self.chunked = False
         self.codings: bytes | None = None  # transfer codings under chunked, e.g. b"gzip"
         self.keep_alive = True
-        self.upgrade: bytes | None = None
+        self.upgrade: bytes | None = None  # the protocol veer will tunnel, once checked
+        self.upgrade_offer = b""  # the Upgrade header as sent
+        self.connection_values: list[bytes] | None = None  # Connection headers, as sent
         self.expect_continue = False
         self.header_bytes = 0
         self.body: Body | None = None
