@@ -24,10 +24,11 @@ C = TypeVar("C", bound=Reusable)
 class IdlePool(Generic[C]):
     """LIFO of idle connections: the most recently used is the warmest, the oldest expires."""
 
-    __slots__ = ("_conns",)
+    __slots__ = ("_conns", "retired")
 
     def __init__(self) -> None:
         self._conns: deque[C] = deque()
+        self.retired = False  # its endpoint left the pool: nothing waits here any more
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -36,8 +37,11 @@ class IdlePool(Generic[C]):
         return iter(self._conns)
 
     def put(self, conn: C) -> None:
-        """Back from an exchange, ready for the next."""
-        self._conns.append(conn)
+        """Back from an exchange, ready for the next (closed if the endpoint is gone)."""
+        if self.retired:
+            conn.close()
+        else:
+            self._conns.append(conn)
 
     def take(self) -> C | None:
         """The most recently used open connection, if any."""
@@ -63,8 +67,10 @@ class IdlePool(Generic[C]):
             conns.popleft()
             conn.close()
 
-    def close_all(self) -> None:
-        """Close every idle connection (the endpoint left the pool, or the process stops)."""
+    def close_all(self, retire: bool = False) -> None:
+        """Close every idle connection (the process stops); with ``retire``, also those that
+        come back later (the endpoint left the pool while they were in use)."""
+        self.retired = self.retired or retire
         conns, self._conns = self._conns, deque()
         for conn in conns:
             conn.close()

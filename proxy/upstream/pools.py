@@ -48,7 +48,7 @@ class Pools:
         """Close the idle connections of endpoints that ``previous`` had and these do not."""
         for ep, idle in previous.idle.items():
             if ep not in self.idle:
-                idle.close_all()
+                idle.close_all(retire=True)  # and any still in use, once they come back
 
     def expire_idle(self, now: float) -> None:
         """Close connections idle longer than the upstream keep-alive timeout."""

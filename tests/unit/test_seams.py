@@ -194,6 +194,15 @@ def test_idle_pool_reuses_newest_and_expires_oldest() -> None:
     assert conns[0].closed and len(pool) == 0 and pool.take() is None
 
 
+def test_a_connection_back_from_a_retired_endpoint_is_closed_not_kept() -> None:
+    pool: IdlePool[Conn] = IdlePool()
+    waiting, busy = Conn(1.0), Conn(2.0)
+    pool.put(waiting)
+    pool.close_all(retire=True)  # a reload removed the endpoint while `busy` was in use
+    pool.put(busy)
+    assert waiting.closed and busy.closed and len(pool) == 0
+
+
 def test_manual_clock_moves_only_forward() -> None:
     clock = ManualClock(wall=100.0, monotonic=5.0)
     clock.advance(random.uniform(0, 3))
