@@ -228,6 +228,8 @@ async def post_reload(request: web.Request) -> web.Response:
     except ReloadError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     request.app[CACHE].clear()
+    if rt.rollout is not None:
+        await rt.rollout.flush()  # the reload's event is saved, or a JSON 503 says it is not
     return web.json_response({"reloaded": True, "changed": changed, "config": rt.config.source})
 
 

@@ -98,6 +98,7 @@ class RolloutRunner:
         self._saver: asyncio.Task[None] | None = None
         self._version = version
         self._wanted = self._saved = 0  # generations of the state: changed, written
+        self._closed = False  # the store is released: nothing more is written
         store.watch(self._changed_elsewhere)
         self.controller.dirty = True  # write the state we start from
         self._after([])
@@ -124,10 +125,15 @@ class RolloutRunner:
                 await self.flush()
             except StateSaveError as exc:
                 log.error("%s", exc)
-            if self.confirm is not None:
-                await self.confirm.stop()
-            if self.notifier is not None:
-                await self.notifier.stop()
+            finally:
+                self._closed = True  # no save may start once the lock is let go
+                await cancel(self._saver)
+            try:
+                if self.confirm is not None:
+                    await self.confirm.stop()
+            finally:
+                if self.notifier is not None:
+                    await self.notifier.stop()
         finally:
             await self.store.close()
 
@@ -182,13 +188,14 @@ class RolloutRunner:
         self.live.set_weight(c.weight_bp)
 
     async def flush(self) -> None:
-        """Wait until the state as it is now is saved; ``StateSaveError`` if it cannot be."""
-        self._save_in_background()
-        while self._saver is not None and not self._saver.done():
-            await asyncio.shield(self._saver)
-            self._save_in_background()
-            if self.save_error is not None:
-                break
+        """Wait until the state as it is now is saved; ``StateSaveError`` if it cannot be.
+        A process without the lease has nothing of its own to save."""
+        if not self.lease.held(self.clock.wall()):
+            return
+        self._save_in_background()  # one attempt, or the one under way
+        saver = self._saver
+        if saver is not None and not saver.done():
+            await asyncio.shield(saver)
         if self._saved < self._wanted:
             failed = self.save_error
             cause = getattr(failed, "strerror", None) or failed
@@ -201,7 +208,8 @@ class RolloutRunner:
         if c.dirty:
             c.dirty = False
             del c.state.events[:-self.max_events]
-            self._wanted += 1
+            if self.lease.held(self.clock.wall()):  # only the lease holder writes
+                self._wanted += 1
             self.save_error = None  # a new state: try it, even after a failure
             self._save_in_background()
         for e in events:
@@ -216,7 +224,7 @@ class RolloutRunner:
         return events
 
     def _save_in_background(self) -> None:
-        if not self.lease.held(self.clock.wall()):
+        if self._closed or not self.lease.held(self.clock.wall()):
             return  # only the lease holder writes; the others take what it saves
         if self._saved < self._wanted and (self._saver is None or self._saver.done()):
             self._saver = asyncio.get_running_loop().create_task(self._save(),
@@ -228,9 +236,11 @@ class RolloutRunner:
             wanted = self._wanted
             try:
                 self._version = await self.store.save(self.controller.state, self._version)
-            except (OSError, VersionConflict) as exc:  # disk full, read-only, another writer
+            except Exception as exc:  # disk full, read-only, changed by someone else, ...
                 if self.save_error is None:
-                    log.error("rollout state not saved: %s (retried every tick)", exc)
+                    hint = ("; it was changed outside this veer and is not overwritten"
+                            if isinstance(exc, VersionConflict) else "")
+                    log.error("rollout state not saved: %s%s (retried every tick)", exc, hint)
                 self.save_error = exc
                 return
             self._saved = wanted

@@ -62,7 +62,13 @@ class RolloutState:
     events: list[Event] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "events"}
+        # Copies of the lists: the document is encoded in a worker thread while the loop
+        # goes on changing the state.
+        d: dict[str, Any] = {}
+        for k in self.__dataclass_fields__:
+            if k != "events":
+                v = getattr(self, k)
+                d[k] = list(v) if isinstance(v, list) else v
         d["status"] = str(self.status)
         d["events"] = [e.to_dict() for e in self.events]
         return {"format": FORMAT, **d}

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 
 from proxy.control.state import RolloutState, StateError
 from proxy.timing.clock import Clock, SystemClock
+
+log = logging.getLogger("veer.state")
 
 OnChange = Callable[[RolloutState, int], None]
 
@@ -159,12 +162,16 @@ class FileStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        self.version = version + 1  # the file is this version from here, whatever follows
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self.version = version + 1
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:  # some filesystems cannot fsync a directory; the file's data
+            # was fsync'd and renamed into place, so this version is what is on disk.
+            log.warning("state saved, but its directory could not be fsync'd: %s", exc)
         return self.version
 
     def _version_on_disk(self) -> int:

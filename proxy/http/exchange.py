@@ -101,7 +101,9 @@ class Exchange:
 
     def __init__(self, rt: DataPlane, snap: Snapshot, client: ClientSide, req: Request) -> None:
         self.rt = rt
-        self.snap = snap  # of the request's arrival, to its end
+        # Of the request's arrival, to its end: its routing, limits and timeouts. Endpoints
+        # and their health are always the current pools' (a reload may have removed some).
+        self.snap = snap
         self.client = client
         self.req = req
         self.conn: UpstreamConnection | None = None
@@ -140,9 +142,10 @@ class Exchange:
             self._settle(ProxyError("overload", "too many concurrent upstream requests"))
             return
         if req.body is None:
-            ep = snap.pools.balancers[variant].pick(rt.loop.time())
+            pools = rt.snapshot.pools  # the current pools: a removed endpoint gets nothing new
+            ep = pools.balancers[variant].pick(rt.loop.time())
             if ep is not None:
-                conn = snap.pools.idle[ep].take()
+                conn = pools.idle[ep].take()
                 if conn is not None:
                     self._bind(conn, variant)
                     self.sent_at = rt.loop.time()
@@ -165,7 +168,7 @@ class Exchange:
 
     async def _forward(self) -> None:
         while True:
-            conn, variant = await acquire(self.snap.pools, self.variant, self.rt.loop,
+            conn, variant = await acquire(self.rt.snapshot.pools, self.variant, self.rt.loop,
                                           self.rt.read_buffer, self.rt.recorder, self._first)
             self._first = None
             self._bind(conn, variant)
@@ -401,17 +404,18 @@ class Exchange:
 
     def _unhealthy(self, conn: UpstreamConnection) -> None:
         """A reset, a protocol error or a timeout counts against the endpoint's health."""
-        self.snap.pools.balancers[self.variant].report_failure(conn.endpoint, self.rt.loop.time())
+        balancer = self.rt.snapshot.pools.balancers[self.variant]
+        balancer.report_failure(conn.endpoint, self.rt.loop.time())
 
     def _release(self, conn: UpstreamConnection, keep: bool) -> None:
         self.conn = None
         conn.endpoint.outstanding -= 1
-        balancer = self.snap.pools.balancers[self.variant]
+        balancer = self.rt.snapshot.pools.balancers[self.variant]
         if self.status >= 500:
             balancer.report_failure(conn.endpoint, self.rt.loop.time())
         else:
             balancer.report_success(conn.endpoint)
-        conn.release(keep, self.snap.pools.max_idle)
+        conn.release(keep, self.rt.snapshot.pools.max_idle)
 
     def _upstream_reusable(self) -> bool:
         body = self.req.body

@@ -64,8 +64,8 @@ class ProxyServer:
                 backlog=4096, reuse_address=True)
             stack.push_async_callback(self._close_listener)
             if rt.rollout is not None:
+                stack.push_async_callback(rt.rollout.stop)  # also after a partial start
                 await rt.rollout.start()
-                stack.push_async_callback(rt.rollout.stop)
             self._stack = stack.pop_all()
 
     async def _start_rollout(self, stack: contextlib.AsyncExitStack) -> None:

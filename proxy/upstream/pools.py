@@ -34,7 +34,8 @@ class Pools:
         for variant, pool in pools:
             old = previous.balancers[variant].endpoints if previous is not None else []
             keep = {ep.address: ep for ep in old}
-            endpoints = [keep.get(a) or Endpoint(a) for a in pool.endpoints]
+            # pop: a config that lists an address twice gets two endpoints, as before
+            endpoints = [keep.pop(a) if a in keep else Endpoint(a) for a in pool.endpoints]
             for ep in endpoints:
                 kept = previous.idle.get(ep) if previous is not None else None
                 self.idle[ep] = kept if kept is not None else IdlePool()

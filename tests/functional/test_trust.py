@@ -532,3 +532,37 @@ async def test_a_reload_is_an_event_saved_and_sent_to_webhooks(
                 await server.stop()
     finally:
         await runner.cleanup()
+
+
+async def test_health_after_a_reload_is_judged_against_the_pool_as_it_is_now(
+        start_veer: StartVeer) -> None:
+    # Found in review: an exchange that began before a reload shrank the pool reported its
+    # 5xx to the old pool, where the endpoint was not the last healthy one, so it was
+    # ejected, and the new pool of one then had none: every request a 503 for 30 s.
+    import aiohttp
+
+    from proxy.config.load import from_dict
+    from proxy.runtime import reload
+
+    release = asyncio.Event()
+
+    async def slow_500(req: Received) -> bytes:
+        await release.wait()
+        return b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+
+    async with ScriptedBackend(slow_500) as a, ScriptedBackend() as b:
+        cfg = _config(a.url, weights={"new": 100},
+                      health={"consecutive_failures": 1, "max_ejected_percent": 50})
+        cfg["upstreams"]["new"] = {"endpoints": [a.url, b.url]}
+        server = await start_veer(cfg)
+        url = f"http://127.0.0.1:{server.port}/"
+        async with aiohttp.ClientSession() as session:
+            first = asyncio.ensure_future(session.get(url, headers={"X-User-Id": "u"}))
+            await until(lambda: len(a.received) == 1, what="a request in flight on A")
+            shrunk = {**cfg, "upstreams": {**cfg["upstreams"], "new": {"endpoints": [a.url]}}}
+            reload.apply(server.rt, from_dict(shrunk, "<test>"), ["upstreams"])
+            release.set()
+            async with await first as resp:
+                assert resp.status == 500  # A's answer
+            async with session.get(url, headers={"X-User-Id": "u"}) as resp:
+                assert resp.status == 500, "A must still be picked: it is the pool's last"

@@ -5,7 +5,10 @@ live state apart from the snapshot, the typed idle pool."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -15,8 +18,8 @@ from proxy.config.load import from_dict
 from proxy.config.plan import Rollout, read_rollout
 from proxy.config.reader import Reader
 from proxy.control.rollout import RolloutRunner, StateSaveError
-from proxy.control.state import RolloutState
-from proxy.control.store import MemoryStore
+from proxy.control.state import Event, RolloutState
+from proxy.control.store import FileStore, MemoryStore
 from proxy.http.plane import Snapshot
 from proxy.routing.live import LiveState
 from proxy.routing.variant import NEW, ORIGINAL
@@ -209,3 +212,64 @@ def test_manual_clock_moves_only_forward() -> None:
     assert clock.wall() - 100.0 == pytest.approx(clock.monotonic() - 5.0)
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+# -- found in review: each failed before its fix ---------------------------------------
+async def test_no_save_starts_once_the_runner_has_stopped() -> None:
+    saves: list[int] = []
+
+    class Failing(MemoryStore):
+        async def save(self, state: RolloutState, version: int) -> int:
+            saves.append(version)
+            raise OSError(28, "No space left on device")
+
+    store, clock = Failing(), ManualClock()
+    runner = _runner(store, Lease(True), clock)
+    await runner.stop()  # the save fails; nothing may be written after the lock is let go
+    before = len(saves)
+    runner.record(Event(0.0, "reload", "", "", "", "test"))  # a SIGHUP during shutdown
+    await asyncio.sleep(0.01)
+    assert len(saves) == before
+
+
+async def test_a_process_without_the_lease_starts_and_stops_cleanly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    runner = _runner(MemoryStore(), Lease(False), ManualClock())
+    await runner.flush()  # nothing of its own to save: no StateSaveError
+    await runner.stop()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_the_saved_document_does_not_share_lists_with_the_live_state() -> None:
+    state = RolloutState(rollout="r", rollback_weights=[750, 0], deny_users=["a"])
+    doc = state.to_dict()
+    state.rollback_weights.pop(0)
+    state.deny_users.append("b")
+    assert doc["rollback_weights"] == [750, 0] and doc["deny_users"] == ["a"]
+
+
+async def test_a_directory_that_cannot_be_fsynced_does_not_block_later_saves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path / "state.json")
+    real_open = os.open
+
+    def no_dir_open(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == tmp_path:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_dir_open)
+    v1 = await store.save(RolloutState(rollout="r"), 0)
+    v2 = await store.save(RolloutState(rollout="r", weight_bp=5), v1)
+    assert (v1, v2) == (1, 2)
+
+
+def test_an_address_listed_twice_stays_two_endpoints_after_a_reload() -> None:
+    cfg = from_dict({"upstreams": {"original": {"endpoints": ["http://127.0.0.1:1"]},
+                                   "new": {"endpoints": ["http://127.0.0.1:2",
+                                                         "http://127.0.0.1:2"]}}})
+    first = Snapshot.build(cfg)
+    again = Snapshot.build(cfg, first)
+    a, b = again.pools.balancers[NEW].endpoints
+    assert a is not b  # (one of them keeps its old counters, as before this refactor)
+    assert {a, b} & set(first.pools.balancers[NEW].endpoints)
