@@ -35,6 +35,7 @@ from proxy.http.plane import DataPlane, Snapshot
 from proxy.http.request import Body, Request
 from proxy.upstream.connection import UpstreamConnection
 from proxy.wire import h1
+from proxy.wire.ends import ConnectionEnd
 from proxy.wire.errors import ProxyError
 from proxy.wire.flow import ReadGate
 
@@ -44,7 +45,7 @@ NOT_FORWARDED = h1.REQUEST_NOT_FORWARDED
 WRITE_HIGH_WATER = 32 * 1024
 # Held while an Upgrade request waits for the backend's answer; reading pauses beyond it.
 UPGRADE_HOLD = 64 * 1024
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ConnectionEnd, asyncio.Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
     def __init__(self, rt: DataPlane) -> None:
@@ -340,17 +341,6 @@ class ClientConnection(asyncio.Protocol):
     def writelines(self, data: list[bytes]) -> None:
         if self.transport is not None and not self.closed:
             self.transport.writelines(data)
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        """Cut the connection (the client sees a truncated response, never a clean one)."""
-        if self.transport is not None:
-            self.closed = True
-            self.transport.abort()
 
     def take_upgrade_tail(self) -> bytes:
         """What the client sent after its Upgrade request, for the tunnel."""

@@ -23,6 +23,7 @@ import httptools
 
 from proxy.upstream.endpoint import Endpoint
 from proxy.upstream.idle import IdlePool
+from proxy.wire.ends import ConnectionEnd
 from proxy.wire.flow import Drain, ReadGate
 
 # Parsed header lists are (name, value) as received.
@@ -62,7 +63,7 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.BufferedProtocol):
+class UpstreamConnection(ConnectionEnd, asyncio.BufferedProtocol):
     """One TCP connection to one endpoint."""
 
     def __init__(self, endpoint: Endpoint, idle: IdlePool[UpstreamConnection],
@@ -237,15 +238,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         else:
             self.close()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.closed = True
-            self.transport.abort()
 
 
 class _HeadDone(Exception):
