@@ -15,6 +15,7 @@ import pytest
 from admin.demo.backend import Backend
 from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
 
 TOKEN = "s3cret-token"
@@ -158,11 +159,8 @@ async def test_actions_and_conflicts(admin: Admin) -> None:
                            json={"mode": "gradual", "stages": [0.5, 0], "interval": "50ms"},
                            headers=AUTH)
     assert status == 200 and server.rt.live.new_weight_bp == 5000
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while server.rt.live.new_weight_bp != 0:
-        assert loop.time() < deadline
-        await asyncio.sleep(0.02)
+    await until(lambda: server.rt.live.new_weight_bp == 0, timeout=5, interval=0.02,
+                what="the gradual rollback to reach weight 0")
     status, err = await call("POST", f"{base}/rollout/resume", headers=AUTH)
     assert status == 409
     status, events = await call("GET", f"{base}/events", params={"actor": "alice", "limit": 3})

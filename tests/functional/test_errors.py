@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from admin.demo.backend import Backend
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
 from tests.functional.rawhttp import exchange
 
@@ -95,11 +96,8 @@ async def test_first_byte_timeout_is_504(
 async def test_overload_is_fast_503(backends: dict[str, Backend], start_veer: StartVeer) -> None:
     server = await start_veer(base_config(backends, limits={"max_concurrent_upstream": 1}))
     slow = asyncio.ensure_future(get(server.port, "/slow?s=0.5"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while server.rt.upstream_in_flight == 0:
-        assert loop.time() < deadline
-        await asyncio.sleep(0.005)
+    await until(lambda: server.rt.upstream_in_flight > 0, timeout=5, interval=0.005,
+                what="the slow request to reach the upstream")
     status, text, _ = await get(server.port)
     assert status == 503 and "too many concurrent" in text
     assert (await slow)[0] == 200

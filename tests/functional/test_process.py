@@ -116,25 +116,27 @@ async def test_sigterm_drains_in_flight_request(
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as s:
         slow = asyncio.ensure_future(s.get(f"http://127.0.0.1:{port}/slow?s=1.5"))
-        deadline = loop.time() + 10
-        while not any(i.get("path") == "/slow?s=1.5" for i in backends["original-a"].seen):
-            assert loop.time() < deadline
-            await asyncio.sleep(0.02)
+        deadline = loop.time() + 10  # shared by the first two waits, as one budget
+        await until(
+            lambda: any(i.get("path") == "/slow?s=1.5" for i in backends["original-a"].seen),
+            timeout=10, interval=0.02, what="the slow request to reach original-a")
         proc.send_signal(signal.SIGTERM)
-        while True:  # the listener closes at once: new connections are refused
+
+        async def refused() -> bool:  # the listener closes at once: new connections fail
             try:
                 _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                assert loop.time() < deadline, "still accepting after SIGTERM"
-                await asyncio.sleep(0.02)
             except OSError:
-                break
+                return True
+            w.close()
+            return False
+
+        await until(refused, timeout=deadline - loop.time(), interval=0.02,
+                    what="the listener to refuse connections after SIGTERM")
         resp = await slow
         assert resp.status == 200
         assert await resp.text() == "original-a slow\n"
-    while proc.poll() is None:
-        assert loop.time() < deadline + 10, "veer did not exit after draining"
-        await asyncio.sleep(0.05)
+    await until(lambda: proc.poll() is not None, timeout=deadline + 10 - loop.time(),
+                interval=0.05, what="veer to exit after draining")
     assert proc.returncode == 0
 
 
@@ -219,7 +221,6 @@ async def test_kill9_mid_rollout_then_restart_resumes(
     del cfg["weights"]
     path.write_text(yaml.safe_dump(cfg))
     port = int(cfg["listen"].rsplit(":", 1)[1])
-    loop = asyncio.get_running_loop()
 
     def saved() -> dict[str, object]:
         try:
@@ -232,13 +233,21 @@ async def test_kill9_mid_rollout_then_restart_resumes(
     veer_process.append(proc)
     await wait_listening(port, proc)
     async with aiohttp.ClientSession() as s:
-        deadline = loop.time() + 20
         i = 0
-        while saved().get("phase") != 1:  # traffic until the plan advances to b
-            assert loop.time() < deadline, saved()
+
+        async def advanced() -> bool:  # one request per poll until the plan advances to b
+            nonlocal i
+            if saved().get("phase") == 1:
+                return True
             i += 1
             async with s.get(f"http://127.0.0.1:{port}/", headers={"X-User-Id": f"u{i}"}) as r:
                 await r.read()
+            return False
+
+        try:
+            await until(advanced, timeout=20, interval=0, what="the plan to advance to b")
+        except AssertionError as e:
+            raise AssertionError(saved()) from e
     proc.kill()  # SIGKILL: no drain, no goodbye
     proc.wait(10)
     assert saved()["weight_bp"] == 2000

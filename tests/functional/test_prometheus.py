@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import yaml
 
 from admin.demo.backend import Backend
 from admin.server import AdminServer
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
 from tests.sysdeps import require_binary
 
@@ -74,23 +74,29 @@ async def test_prometheus_scrapes_per_variant_counts(
             assert sent["new"] > 0 and sent["original"] > 0
 
             query = "sum by (variant) (veer_requests_total)"
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
+            want = {k: float(v) for k, v in sent.items()}
             got: dict[str, float] = {}
-            while got != {k: float(v) for k, v in sent.items()}:
-                assert loop.time() < deadline, (
-                    f"Prometheus returned {got}, sent {sent}; log:\n"
-                    + (tmp_path / "prometheus.log").read_text()[-2000:])
-                await asyncio.sleep(0.5)
+
+            async def scraped() -> bool:
+                nonlocal got
                 try:
                     async with s.get(f"http://127.0.0.1:{prom_port}/api/v1/query",
                                      params={"query": query}) as r:
                         if r.status != 200:
-                            continue
+                            return False
                         body = await r.json()
                 except aiohttp.ClientConnectionError:
-                    continue  # not listening yet
+                    return False  # not listening yet
                 got = {item["metric"]["variant"]: float(item["value"][1])
                        for item in body["data"]["result"]}
+                return got == want
+
+            try:
+                await until(scraped, timeout=60, interval=0.5,
+                            what="Prometheus to report the requests sent")
+            except AssertionError as e:
+                raise AssertionError(
+                    f"Prometheus returned {got}, sent {sent}; log:\n"
+                    + (tmp_path / "prometheus.log").read_text()[-2000:]) from e
     finally:
         await admin.stop()

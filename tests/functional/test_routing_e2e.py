@@ -8,6 +8,7 @@ import aiohttp
 
 from admin.demo.backend import Backend
 from proxy.routing.hashing import bucket, choose
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
 
 
@@ -102,11 +103,8 @@ async def test_weight_change_applies_to_next_request_not_in_flight(
     url = f"http://127.0.0.1:{server.port}/slow?s=0.5"
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(url, headers={"X-User-Id": "u1"}))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while server.rt.recorder.snapshot("original").in_flight == 0:
-            assert loop.time() < deadline, "request never arrived"
-            await asyncio.sleep(0.005)
+        await until(lambda: server.rt.recorder.snapshot("original").in_flight > 0,
+                    timeout=5, interval=0.005, what="the request to arrive")
         server.rt.live.set_weight(10000)
         async with s.get(f"http://127.0.0.1:{server.port}/", headers={"X-User-Id": "u1"}) as r:
             assert r.headers["x-veer-variant"] == "new"

@@ -7,10 +7,11 @@ import resource
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.deadline import until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -71,15 +72,16 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
     """Until ``port`` accepts, failing if ``proc`` exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def listening() -> bool:
         assert proc.poll() is None, f"{what} exited with {proc.returncode}"
         try:
             socket.create_connection((HOST, port), timeout=1).close()
-            return
         except OSError:
-            assert time.monotonic() < deadline, f"{what} did not listen on {port}"
-            time.sleep(0.05)
+            return False
+        return True
+
+    until_sync(listening, timeout, interval=0.05, what=f"{what} to listen on {port}")
 
 
 @dataclass(frozen=True)

@@ -60,11 +60,11 @@ class Veer:
     async def terminate(self, timeout: float = 20) -> int:
         """SIGTERM, then wait (polling) for the exit code."""
         self.proc.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.proc.poll() is None:
-            assert loop.time() < deadline, "veer did not exit after SIGTERM:\n" + self.logs()
-            await asyncio.sleep(0.05)
+        try:
+            await until(lambda: self.proc.poll() is not None, timeout, interval=0.05,
+                        what="veer to exit after SIGTERM")
+        except AssertionError as e:
+            raise AssertionError("veer did not exit after SIGTERM:\n" + self.logs()) from e
         return self.proc.returncode
 
 
@@ -381,10 +381,18 @@ async def test_2000_concurrent_clients_over_the_upstream_limit(start_veer: Start
                 await asyncio.wait_for(all_connected.wait(), 40)
                 assert tally.other == [], tally.other[:5]
                 # veer has accepted every one of them: 2,000 client sockets open at once.
-                deadline = loop.time() + 15
-                while (accepted := client_sockets(veer)) < CLIENTS:
-                    assert loop.time() < deadline, f"veer holds {accepted} client sockets"
-                    await asyncio.sleep(0.05)
+                accepted = 0
+
+                def all_accepted() -> bool:
+                    nonlocal accepted
+                    accepted = client_sockets(veer)
+                    return accepted >= CLIENTS
+
+                try:
+                    await until(all_accepted, timeout=15, interval=0.05,
+                                what=f"veer to hold {CLIENTS} client sockets")
+                except AssertionError as e:
+                    raise AssertionError(f"veer holds {accepted} client sockets") from e
                 poller = asyncio.ensure_future(poll_admin(session))
                 t_start = time.perf_counter()
                 t_go = loop.time()

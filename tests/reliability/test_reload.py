@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from admin.demo.backend import Backend
+from tests.deadline import until
 from tests.functional.test_process import free_port, wait_listening
 
 VEER = [sys.executable, "-m", "admin.cli", "run", "--config"]
@@ -60,13 +61,6 @@ async def test_sighup_and_admin_reload(
     procs.append(proc)
     await wait_listening(port, proc)
     await wait_listening(admin, proc)
-    loop = asyncio.get_running_loop()
-
-    async def until(predicate: Any, what: str) -> None:
-        deadline = loop.time() + 10
-        while not await predicate():
-            assert loop.time() < deadline, what
-            await asyncio.sleep(0.02)
 
     # A keep-alive connection opened before the reloads must survive them.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -85,7 +79,8 @@ async def test_sighup_and_admin_reload(
 
         path.write_text("upstreams: [this is not: valid\n")  # SIGHUP with a broken file
         proc.send_signal(signal.SIGHUP)
-        await until(lambda: _true_after_reads(proc, b"reload refused"), "reload refused log")
+        await until(lambda: _true_after_reads(proc, b"reload refused"), timeout=10,
+                    interval=0.02, what="reload refused log")
         assert await weight_new(s, admin) == 10.0  # the old config keeps running
         assert (await keepalive_request()).startswith(b"HTTP/1.1 200")
 
@@ -95,7 +90,7 @@ async def test_sighup_and_admin_reload(
         async def applied() -> bool:
             return await weight_new(s, admin) == 40.0
 
-        await until(applied, "the valid config to apply")
+        await until(applied, timeout=10, interval=0.02, what="the valid config to apply")
         assert (await keepalive_request()).startswith(b"HTTP/1.1 200")  # same connection
 
         auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -37,6 +37,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.deadline import until
 from tests.reliability.processes import (
     HOST,
     ROOT,
@@ -161,18 +162,18 @@ async def start_veer(tmp_path: Path, backend_ports: Backends) -> AsyncIterator[S
             proc = subprocess.Popen([*VEER, str(path)], cwd=ROOT, stdout=out,
                                     stderr=subprocess.STDOUT)
         started.append(proc)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while True:
+
+        async def listening() -> bool:
             assert proc.poll() is None, "veer exited:\n" + log.read_text(errors="replace")
             try:
                 _, w = await asyncio.open_connection(HOST, port)
                 w.close()
                 await w.wait_closed()
-                break
             except OSError:
-                assert loop.time() < deadline, "veer did not listen within 20 s"
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await until(listening, timeout=20, interval=0.05, what="veer to listen (20 s)")
         return Veer(proc, port, log, psutil.Process(proc.pid))
 
     try:
@@ -308,11 +309,8 @@ async def bystander(veer: Veer, tmp_path: Path, seconds: float) -> AsyncIterator
     try:
         yield result
         proc.send_signal(signal.SIGTERM)  # finishes the request in hand, then reports
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while proc.poll() is None:
-            assert loop.time() < deadline, "the bystander did not finish"
-            await asyncio.sleep(0.05)
+        await until(lambda: proc.poll() is not None, timeout=15, interval=0.05,
+                    what="the bystander to finish")
         text = out_path.read_text(errors="replace")
         try:
             doc = json.loads(text.strip().splitlines()[-1])
@@ -357,11 +355,8 @@ async def slowhttptest(binary: str, tmp_path: Path, *args: str
     try:
         length = float(args[args.index("-l") + 1])
         yield result
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + length + 20
-        while proc.poll() is None:
-            assert loop.time() < deadline, "slowhttptest ran past its -l"
-            await asyncio.sleep(0.1)
+        await until(lambda: proc.poll() is not None, timeout=length + 20, interval=0.1,
+                    what="slowhttptest to finish (it ran past its -l)")
         output = log.read_text(errors="replace")
         assert proc.returncode == 0, output[-2000:]
         with (tmp_path / "slowhttptest.csv").open() as f:
