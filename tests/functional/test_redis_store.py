@@ -1,0 +1,143 @@
+"""The state store replicas will share, against a real redis-server started by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.control.state import RolloutState, StateError
+from proxy.control.store import VersionConflict
+from proxy.runtime.redis_store import RedisStore
+from tests.deadline import until
+from tests.sysdeps import require_binary
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    binary = require_binary("redis-server", "apt-get install redis-server")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        async def up() -> bool:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            w.close()
+            return True
+
+        await until(up, timeout=10, interval=0.02, what="redis-server to listen")
+        yield url
+    finally:
+        proc.terminate()  # only the server this test started
+        proc.wait(10)
+
+
+async def test_compare_and_set_lets_one_writer_win_each_version(redis_url: str) -> None:
+    a, b = RedisStore(redis_url, "c1"), RedisStore(redis_url, "c1")
+    try:
+        assert await a.load() == (None, 0)
+        v1 = await a.save(RolloutState(rollout="r", weight_bp=100), 0)
+        with pytest.raises(VersionConflict):
+            await b.save(RolloutState(rollout="r", weight_bp=999), 0)  # read before a won
+        assert (await b.load())[1] == v1 == 1
+        v2 = await b.save(RolloutState(rollout="r", weight_bp=200), v1)
+        state, version = await a.load()
+        assert version == v2 == 2 and state is not None and state.weight_bp == 200
+        other = RedisStore(redis_url, "another-cluster")
+        assert await other.load() == (None, 0)  # a cluster name is its own rollout
+        await other.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_save_reaches_the_other_replicas_watchers(redis_url: str) -> None:
+    leader, follower = RedisStore(redis_url, "c2"), RedisStore(redis_url, "c2", poll=0.2)
+    heard: list[tuple[int, int]] = []
+    try:
+        follower.watch(lambda state, version: heard.append((state.weight_bp, version)))
+        await asyncio.sleep(0.05)  # subscribed
+        await leader.save(RolloutState(rollout="r", weight_bp=1000), 0)
+        await until(lambda: heard == [(1000, 1)], what="the announcement")
+        # An announcement missed (none is sent): the version poll still catches up.
+        await leader.client.hset(leader.key, mapping={
+            "version": 2, "doc": '{"format": 1}'})  # a bad document: refused, not applied
+        await asyncio.sleep(0.5)
+        assert heard == [(1000, 1)]
+        with pytest.raises(StateError):
+            await follower.load()
+    finally:
+        await leader.close()
+        await follower.close()
+
+
+async def test_the_version_poll_catches_a_missed_announcement(redis_url: str) -> None:
+    leader, follower = RedisStore(redis_url, "c3"), RedisStore(redis_url, "c3", poll=0.1)
+    heard: list[int] = []
+    try:
+        doc = RolloutState(rollout="r", weight_bp=4200).to_dict()
+        await leader.client.hset(leader.key, mapping={"version": 5, "doc": json.dumps(doc)})
+        follower.watch(lambda state, version: heard.append(version))
+        await until(lambda: heard == [5], what="the poll to find version 5")
+    finally:
+        await leader.close()
+        await follower.close()
+
+
+async def test_a_follower_replica_applies_the_leaders_weight(redis_url: str) -> None:
+    from proxy.config.plan import read_rollout
+    from proxy.config.reader import Reader
+    from proxy.control.rollout import RolloutRunner
+    from proxy.routing.live import LiveState
+    from proxy.telemetry.recorder import Recorder
+    from proxy.telemetry.source import LocalTelemetry
+    from proxy.timing.clock import ManualClock
+
+    class Lease:
+        def __init__(self, held: bool) -> None:
+            self.is_held = held
+
+        def held(self, now: float) -> bool:
+            return self.is_held
+
+    rollout = read_rollout(Reader("test", {"name": "r", "plan": [
+        {"name": "a", "weight": 10, "duration": "1h"}, {"name": "full", "weight": 100}]},
+        "rollout"))
+    assert rollout is not None
+    clock = ManualClock()
+    runners, lives = [], []
+    for held in (True, False):
+        store = RedisStore(redis_url, "c4", poll=0.2)
+        state, version = await store.load()
+        live = LiveState()
+        runner = RolloutRunner(rollout, store, LocalTelemetry(Recorder(), clock), live, clock,
+                               Lease(held), state or RolloutState(rollout="r", weight_bp=1000),
+                               version)
+        await runner.flush()
+        runners.append(runner)
+        lives.append(live)
+    leader, follower = runners
+    try:
+        await leader.act("promote", "op")
+        await until(lambda: lives[1].new_weight_bp == 10000, what="the follower's weight")
+        assert str(follower.controller.state.status) == "complete"
+    finally:
+        for r in runners:
+            await r.stop()
