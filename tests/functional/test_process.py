@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -20,15 +19,9 @@ import yaml
 
 from admin.demo.backend import Backend
 from tests.deadline import until
+from tests.ports import accepts, free_port
 
 VEER = [sys.executable, "-m", "admin.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, backends: dict[str, Backend], **extra: object) -> Path:
@@ -64,12 +57,7 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 
     async def listening() -> bool:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        w.close()
-        return True
+        return await accepts(port)
 
     await until(listening, timeout, interval=0.05, what=f"veer to listen on {port}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,8 @@ from admin.demo.backend import Backend
 from admin.server import AdminServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
+from tests.ports import free_port
 from tests.sysdeps import require_binary
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -49,7 +42,7 @@ async def test_prometheus_scrapes_per_variant_counts(
     admin = AdminServer(server.rt)
     await admin.start()
     try:
-        prom_port = _free_port()
+        prom_port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "veer",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,34 +14,20 @@ from proxy.control.state import RolloutState, StateError
 from proxy.control.store import VersionConflict
 from proxy.runtime.redis_store import RedisStore
 from tests.deadline import until
+from tests.ports import accepts, free_port
 from tests.sysdeps import require_binary
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
     binary = require_binary("redis-server", "apt-get install redis-server")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        async def up() -> bool:
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            w.close()
-            return True
-
-        await until(up, timeout=10, interval=0.02, what="redis-server to listen")
+        await until(lambda: accepts(port), timeout=10, interval=0.02, what="redis-server to listen")
         yield url
     finally:
         proc.terminate()  # only the server this test started

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.deadline import until_sync
+from tests.ports import free_port as free_port  # the reliability tests take it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -41,14 +42,6 @@ async def main(ports):
 
 uvloop.run(main([int(p) for p in sys.argv[1:]]))
 """
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def raise_fd_limit(need: int) -> None:

@@ -18,7 +18,8 @@ import yaml
 
 from admin.demo.backend import Backend
 from tests.deadline import until
-from tests.functional.test_process import free_port, wait_listening
+from tests.functional.test_process import wait_listening
+from tests.ports import free_port
 
 VEER = [sys.executable, "-m", "admin.cli", "run", "--config"]
 TOKEN = "reload-token"
