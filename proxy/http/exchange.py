@@ -33,7 +33,6 @@ SMALL_BODY = 64 * 1024
 _VARIANT_HEADER = {v: b"x-veer-variant: %s\r\n" % v.encode() for v in ("original", "new")}
 
 
-
 class ClientSide(Protocol):
     """What an exchange needs of the client connection it answers."""
 

@@ -239,7 +239,6 @@ class UpstreamConnection(ConnectionEnd, asyncio.BufferedProtocol):
             self.close()
 
 
-
 class _HeadDone(Exception):
     """Stops the parser after a HEAD response's headers."""
 

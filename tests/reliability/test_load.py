@@ -39,7 +39,6 @@ from tests.reliability.processes import (
 TOKEN = "load-test-token"
 
 
-
 @dataclass
 class Veer:
     """A running ``veer run``: its process, data-plane and admin ports, and its log."""
