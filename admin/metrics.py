@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
+from proxy.wire.errors import COUNTED
 
 # Seconds; Prometheus' defaults stretched down to sub-millisecond, where a proxy lives.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -39,8 +40,7 @@ class VeerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rt = self.rt
-        rec = rt.recorder.variants
-        now = rt.loop.time()
+        host = rt.host_view  # this host's workers summed; replicas are summed in PromQL
 
         requests = CounterMetricFamily(
             "veer_requests", "Requests answered, by variant and status code (0 = no response).",
@@ -65,23 +65,22 @@ class VeerCollector(Collector):
                            "Latency quantiles over a recent window, exact to HDR's 0.1%.",
                            "summary")
         for v in VARIANTS:
-            r = rec[v]
-            for code, n in enumerate(r.codes):
-                if n:
-                    requests.add_metric([v, str(code)], n)
-            for kind, n in r.errors.items():
-                errors.add_metric([v, kind], n)
-            bytes_in.add_metric([v], r.bytes_in)
-            bytes_out.add_metric([v], r.bytes_out)
-            in_flight.add_metric([v], r.in_flight)
-            hist = r.cumulative_histogram()
-            counts = latency.count_at_or_below_us(hist, [int(b * 1e6) for b in BUCKETS])
+            counts = host.counters(v)
+            for code, n in sorted(counts.codes.items()):
+                requests.add_metric([v, str(code)], n)
+            for kind in COUNTED:
+                errors.add_metric([v, kind], counts.errors.get(kind, 0))
+            bytes_in.add_metric([v], counts.bytes_in)
+            bytes_out.add_metric([v], counts.bytes_out)
+            in_flight.add_metric([v], host.in_flight(v))
+            hist = host.cumulative(v)
+            below = latency.count_at_or_below_us(hist, [int(b * 1e6) for b in BUCKETS])
             total = hist.get_total_count()
-            buckets = [(f"{b:g}", c) for b, c in zip(BUCKETS, counts, strict=True)]
+            buckets = [(f"{b:g}", c) for b, c in zip(BUCKETS, below, strict=True)]
             buckets.append(("+Inf", total))
-            duration.add_metric([v], buckets, r.latency_sum_us / 1e6)
+            duration.add_metric([v], buckets, counts.latency_sum_us / 1e6)
             for window, seconds in WINDOWS:
-                stats = r.window(seconds, now)
+                stats = host.window(v, seconds)
                 values = latency.quantiles_us(stats.histogram, tuple(p for _, p in QUANTILES))
                 labels = {"variant": v, "window": window}
                 for (q, _), value in zip(QUANTILES, values, strict=True):
@@ -103,9 +102,9 @@ class VeerCollector(Collector):
         opened = CounterMetricFamily("veer_upstream_connections_opened",
                                      "New upstream connections (keep-alive reuse shows here).",
                                      labels=["variant", "endpoint"])
-        for v, ep in rt.endpoints():
-            healthy.add_metric([v, ep.label], 1.0 if ep.healthy(now) else 0.0)
-            opened.add_metric([v, ep.label], ep.connects)
+        for e in host.endpoints():
+            healthy.add_metric([e.variant, e.label], 1.0 if e.healthy else 0.0)
+            opened.add_metric([e.variant, e.label], e.connects)
         yield healthy
         yield opened
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from proxy.control import analysis
 from proxy.control.state import Event
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
-from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
 
 WINDOW = 10  # seconds behind "current" rates and percentiles
@@ -31,16 +28,18 @@ def _stats(s: WindowStats) -> dict[str, float | int]:
 
 def status(rt: Runtime, started: float) -> dict[str, Any]:
     """Rollout, weights and per-variant numbers (current window and since the phase began)."""
-    now = rt.loop.time()
+    view = rt.view
     variants = {}
     for v in VARIANTS:
-        rec = rt.recorder.variants[v]
-        w = rec.window(WINDOW, now)
-        variants[v] = {"rate": w.requests / WINDOW, "in_flight": rec.in_flight,
-                       "requests_total": rec.requests, "window": _stats(w),
-                       "since_phase": _stats(rec.since_marked(now))}
-    return {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
-            "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+        w = view.window(v, WINDOW)
+        variants[v] = {"rate": w.requests / WINDOW, "in_flight": view.in_flight(v),
+                       "requests_total": view.requests_total(v), "window": _stats(w),
+                       "since_phase": _stats(view.since_marked(v))}
+    out = {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
+           "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+    if rt.cluster is not None:
+        out["cluster"] = rt.cluster.describe()
+    return out
 
 
 def rollout(rt: Runtime) -> dict[str, Any] | None:
@@ -68,20 +67,13 @@ def rollout(rt: Runtime) -> dict[str, Any] | None:
 def analysis_view(rt: Runtime) -> dict[str, Any]:
     """Both variants side by side since the phase began, with confidence intervals and the
     Mann-Whitney comparison of latency."""
-    now = rt.loop.time()
     side = {}
     for v in VARIANTS:
-        s = rt.recorder.variants[v].since_marked(now)
+        s = rt.view.since_marked(v)
         side[v] = {**_stats(s), "error_rate_ci95": [
             analysis.lower_bound(s.errors, s.requests, 0.025),
             analysis.upper_bound(s.errors, s.requests, 0.025)]}
-    new_counts = latency.counts(rt.recorder.variants[NEW].since_marked(now).histogram)
-    orig_counts = latency.counts(rt.recorder.variants[ORIGINAL].since_marked(now).histogram)
-    used = np.flatnonzero(new_counts + orig_counts)
-    end = int(used[-1]) + 1 if used.size else 1
-    test = analysis.mann_whitney_binned(latency.index_values_us()[:end] / 1e6,
-                                        new_counts[:end].astype(np.float64),
-                                        orig_counts[:end].astype(np.float64))
+    test = analysis.mann_whitney_binned(*rt.view.latency_histograms())
     ro = rollout(rt)
     return {
         "variants": side,

@@ -39,7 +39,6 @@ from proxy.control import analysis
 from proxy.control.controller import Controller
 from proxy.control.state import Status
 from proxy.routing.variant import NEW, Variant
-from proxy.telemetry.slots import SecondSlot
 from proxy.telemetry.source import Totals
 
 T0 = 1_700_000_000.0  # the fake clock's start (unix seconds)
@@ -138,9 +137,6 @@ class SimTelemetry:
         self,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         return self._values, self._zeros, self._zeros
-
-    def closed_slots(self, after: int) -> list[SecondSlot]:
-        return []  # the simulated gates read totals only
 
 
 _ROLLOUT: Rollout | None = None

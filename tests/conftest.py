@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
+pytest_plugins = ("tests.redis_server",)  # the redis_server and redis_url fixtures
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

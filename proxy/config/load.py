@@ -7,6 +7,7 @@ Every error names the file, the key path, the bad value and what was expected
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from proxy.config.model import (
     KEY_SOURCES,
     Address,
     Admin,
+    Cluster,
     Cohort,
     Config,
     Health,
@@ -200,6 +202,8 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     state = read_state(r.section("state"))
     upgrades = r.field(Config, "upgrades", _upgrade_tokens,
                      "a list of Upgrade protocol names, e.g. [websocket]")
+    workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
+    cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     r.done()
     if limits.max_header_bytes < 1024:
         raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
@@ -207,7 +211,49 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     return Config(source=source, original=original, new=new, listen=listen, admin=admin,
                   routing=routing, new_weight_bp=new_bp, timeouts=timeouts, limits=limits,
                   health=health, connect_retries=retries, recording=recording, rollout=rollout,
-                  state=state, upgrades=upgrades)
+                  state=state, upgrades=upgrades, workers=workers, cluster=cluster)
+
+
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) or 1  # the CPUs this process may run on
+    return int_range(1, 256)(value)
+
+
+def _redis_url(value: Any) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError
+    if not urlsplit(value).hostname and urlsplit(value).scheme != "unix":
+        raise ValueError
+    return value
+
+
+def _cluster_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100 or not all(
+            c.isalnum() or c in "-_." for c in value):
+        raise ValueError
+    return value
+
+
+def _read_cluster(r: Reader) -> Cluster:
+    """The ``cluster:`` section."""
+    cluster = Cluster(
+        redis=r.require("redis", _redis_url, "a Redis URL, e.g. redis://127.0.0.1:6379/0"),
+        name=r.require("name", _cluster_name, "a name of letters, digits, - _ ."),
+        id=r.field(Cluster, "id", _cluster_name, "a member id of letters, digits, - _ ."),
+        lease=r.field(Cluster, "lease", lambda v: _lease(parse_duration(v)),
+                      "a duration 0.5s..60s, e.g. 2s"),
+        on_unreachable=r.field(Cluster, "on_unreachable", choice(("safe", "refuse")),
+                               "safe or refuse"),
+    )
+    r.done()
+    return cluster
+
+
+def _lease(seconds: float) -> float:
+    if not 0.5 <= seconds <= 60:
+        raise ValueError
+    return seconds
 
 
 def _upgrade_tokens(value: Any) -> frozenset[str]:

@@ -137,6 +137,17 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class Cluster:
+    """Replicas sharing one rollout through Redis (``cluster:``)."""
+
+    redis: str  # redis://host:port/db
+    name: str  # replicas with the same name share one rollout
+    id: str | None = None  # this member's id; default host:pid
+    lease: float = 2.0  # seconds the controller's lease lasts unless renewed
+    on_unreachable: str = "safe"  # Redis away at start: start on all-original, or refuse
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective config."""
 
@@ -157,6 +168,8 @@ class Config:
     # Upgrade protocols tunnelled after the backend's 101. Any other Upgrade (h2c above
     # all) has its Upgrade header removed and is served as plain HTTP/1.1, as Envoy does.
     upgrades: frozenset[str] = frozenset({"websocket"})
+    workers: int = 1  # processes on this host sharing the listener
+    cluster: Cluster | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data (for ``veer check``)."""

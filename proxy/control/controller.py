@@ -86,8 +86,8 @@ class Controller:
         delta = new_totals - self._last_new
         self._last_new = new_totals
         self._cusum_err = self._cusum_err.update(delta.requests, delta.failures)
-        self._cusum_p99 = self._cusum_p99.update(delta.requests, delta.slow_p99)
-        self._cusum_p999 = self._cusum_p999.update(delta.requests, delta.slow_p999)
+        self._cusum_p99 = self._cusum_p99.update(delta.latency_sample, delta.slow_p99)
+        self._cusum_p999 = self._cusum_p999.update(delta.latency_sample, delta.slow_p999)
         if st.status in ACTIVE or st.status is Status.COMPLETE:
             self.findings = self._judge(now, new_totals)
             verdict = analysis.overall(self.findings)
@@ -106,10 +106,10 @@ class Controller:
             out.append(analysis.judge_rate("error_rate", since.failures, since.requests,
                                            g.max_error_rate, g.min_requests, self._cusum_err))
         if g.max_p99 is not None:
-            out.append(analysis.judge_rate("p99", since.slow_p99, since.requests, 0.01,
+            out.append(analysis.judge_rate("p99", since.slow_p99, since.latency_sample, 0.01,
                                            g.min_requests, self._cusum_p99))
         if g.max_p999 is not None:
-            out.append(analysis.judge_rate("p999", since.slow_p999, since.requests, 0.001,
+            out.append(analysis.judge_rate("p999", since.slow_p999, since.latency_sample, 0.001,
                                            g.min_requests, self._cusum_p999))
         if g.max_error_rate_increase is not None:
             base = self.telemetry.totals(ORIGINAL) - self._base_orig
@@ -303,6 +303,11 @@ class Controller:
         st.weight_bp = weight
         self._emit(now, kind, before, f"{status}@{weight / 100:g}%", reason, actor,
                    evidence if evidence is not None else self._evidence())
+
+    def resume_phase(self, now: float) -> None:
+        """Judge the current phase afresh from now, keeping when it began (the state came
+        from elsewhere: another replica, or a leader that went away)."""
+        self._start_phase(now, fresh=False)
 
     def _start_phase(self, now: float, fresh: bool) -> None:
         """Re-arm the telemetry for the current phase's gates."""

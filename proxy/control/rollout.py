@@ -5,7 +5,12 @@ After each tick or action the runner writes the controller's weight and
 cohorts to the ``LiveState`` the router reads (the next request sees them),
 saves the state when it changed (in the background: a tick never waits on a
 disk), and hands the events to the webhook notifier, which never blocks.
-Before deciding anything it asks the ``Lease``.
+
+Before deciding anything it asks the ``Lease``. Without it (another replica
+leads) the runner takes what the leader saves, and an operator's action is
+written straight to the shared store by compare-and-set, so it applies on
+every replica whichever one was asked. On taking the lease it first reloads
+the shared state, so a new leader goes on from the phase the old one left.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 from typing import Any
 
 from proxy.config.plan import Rollout, StateConfig
-from proxy.control.controller import ActionError, Controller
+from proxy.control.controller import Controller
 from proxy.control.lease import Lease
 from proxy.control.state import Event, RolloutState, StateError, Status
 from proxy.control.store import FileStore, MemoryStore, StateStore, VersionConflict
@@ -69,12 +74,16 @@ async def load_state(store: StateStore, rollout: Rollout, cfg: StateConfig,
         return (state if state is not None else Controller.fresh_state(rollout, now)), version
     if cfg.on_corrupt == "refuse":
         raise StateError(problem + "; refusing to start (state.on_corrupt: refuse)")
+    return safe_state(rollout, now, "state-unreadable", problem), version
+
+
+def safe_state(rollout: Rollout, now: float, kind: str, problem: str) -> RolloutState:
+    """All traffic on original, status needs-attention, and an event saying why."""
     log.error("%s; starting safe: all traffic to original, status needs-attention", problem)
     safe = RolloutState(rollout=rollout.name, status=Status.NEEDS_ATTENTION, weight_bp=0,
                         phase_started=now)
-    safe.events.append(Event(now, "state-unreadable", "?", str(Status.NEEDS_ATTENTION),
-                             problem, "veer"))
-    return safe, version
+    safe.events.append(Event(now, kind, "?", str(Status.NEEDS_ATTENTION), problem, "veer"))
+    return safe
 
 
 class RolloutRunner:
@@ -99,6 +108,8 @@ class RolloutRunner:
         self._version = version
         self._wanted = self._saved = 0  # generations of the state: changed, written
         self._closed = False  # the store is released: nothing more is written
+        self._leading = lease.held(clock.wall())
+        self._taking_over: asyncio.Task[None] | None = None
         store.watch(self._changed_elsewhere)
         self.controller.dirty = True  # write the state we start from
         self._after([])
@@ -119,7 +130,8 @@ class RolloutRunner:
     async def stop(self) -> None:
         """Stop the loop, write what is unsaved, flush notifications, release the store."""
         await cancel(self._task)
-        self._task = None
+        await cancel(self._taking_over)
+        self._task = self._taking_over = None
         try:
             try:
                 await self.flush()
@@ -151,7 +163,16 @@ class RolloutRunner:
         c = self.controller
         now = self.clock.wall()
         if not self.lease.held(now):
+            self._leading = False
             return []
+        if not self._leading:  # just took the lease: first read where the last leader left
+            if self._taking_over is None:
+                self._taking_over = asyncio.get_running_loop().create_task(
+                    self._take_over(), name="veer-take-over")
+            if not self._taking_over.done():
+                return []
+            self._taking_over = None
+            self._leading = True
         if self.confirm is not None and c.confirm_request is not None:
             key = c.confirm_request
             result = self.confirm.result(key)
@@ -167,11 +188,39 @@ class RolloutRunner:
         once it is saved (``StateSaveError`` if it could not be: it applies in memory)."""
         now = self.clock.wall()
         if not self.lease.held(now):
-            raise ActionError("another veer process holds the rollout lease; act there")
+            return await self._act_shared(action, actor, now, kwargs)
         method = getattr(self.controller, action)
         events: list[Event] = self._after(method(now, actor, **kwargs))
         await self.flush()
         return events
+
+    async def _act_shared(self, action: str, actor: str, now: float,
+                          kwargs: dict[str, Any]) -> list[Event]:
+        """An action on a replica that does not lead: compare-and-set on the shared state
+        (re-read and re-applied on a conflict); not applied at all if it cannot be saved."""
+        for _ in range(5):
+            try:
+                state, version = await self.store.load()  # act on the newest, not a stale copy
+            except Exception as exc:
+                raise StateSaveError(f"rollout state not readable ({exc}); the action was "
+                                     "not applied") from None
+            if state is not None and version > self._version:
+                self._take(state, version)
+            before = RolloutState.from_dict(self.controller.state.to_dict())
+            events: list[Event] = getattr(self.controller, action)(now, actor, **kwargs)
+            self.controller.dirty = False  # written here, not by the background saver
+            try:
+                self._version = await self.store.save(self.controller.state, self._version)
+            except VersionConflict:
+                self._take(before, self._version)
+                continue
+            except Exception as exc:
+                self._take(before, self._version)
+                raise StateSaveError(f"rollout state not saved ({exc}); the action was not "
+                                     "applied") from None
+            return self._after(events)
+        raise StateSaveError("the shared rollout state kept changing; the action was not "
+                             "applied")
 
     def record(self, event: Event) -> list[Event]:
         """Add an event made outside the controller (a reload): saved and notified like any."""
@@ -249,6 +298,25 @@ class RolloutRunner:
     def _changed_elsewhere(self, state: RolloutState, version: int) -> None:
         """Another process saved: take its state (the lease holder's decisions) as ours."""
         if version > self._version:
-            self._version = version
-            self.controller.state = state
-            self.apply()
+            self._take(state, version)
+
+    def _take(self, state: RolloutState, version: int) -> None:
+        """Make ``state`` ours; a new phase re-arms the telemetry for its gates."""
+        old = self.controller.state
+        self._version = version
+        self.controller.state = state
+        if (state.phase, state.phase_started, state.status) != (old.phase, old.phase_started,
+                                                                  old.status):
+            self.controller.resume_phase(self.clock.wall())
+        self.apply()
+
+    async def _take_over(self) -> None:
+        """Read the shared state before the first decision as leader."""
+        try:
+            state, version = await self.store.load()
+        except Exception as exc:  # Redis away again: decide from what we last knew
+            log.warning("rollout state not reloaded on taking the lease: %s", exc)
+            return
+        if state is not None and version >= self._version:
+            self._take(state, version)
+        self.controller.resume_phase(self.clock.wall())  # judge from here, not stale bases

@@ -20,7 +20,7 @@ from proxy.control.state import Event
 from proxy.http.plane import Snapshot
 from proxy.runtime.runtime import Runtime
 
-FIXED = ("listen", "admin", "rollout", "state")
+FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster")
 
 
 class ReloadError(Exception):
@@ -57,11 +57,13 @@ def reload_recorded(rt: Runtime, actor: str, path: str | None = None) -> list[st
     changed = reload(rt, path)
     rt.journal.record(Event(rt.clock.wall(), "reload", "", rt.config.source,
                             ", ".join(changed) or "no changes", actor))
+    for hook in rt.reload_hooks:  # a supervisor's workers reload too
+        hook()
     return changed
 
 
 def apply(rt: Runtime, new: Config, changed: list[str]) -> None:
     """Swap in ``new``; every request that arrives after this sees it."""
     rt.swap(Snapshot.build(new, rt.snapshot))
-    if "new_weight_bp" in changed and rt.rollout is None:
+    if "new_weight_bp" in changed and rt.rollout is None and rt.shared_weights is None:
         rt.live.set_weight(new.new_weight_bp)

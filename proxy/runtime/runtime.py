@@ -3,20 +3,40 @@
 Built once at start and passed explicitly to everything that needs it (the
 admin API, reload, signals); there are no module-level singletons.
 ``Runtime`` is the ``DataPlane`` every connection shares, plus the rollout
-runner when the config has a rollout and the journal events go to.
+runner when the config has a rollout, the journal events go to, and the two
+pictures of traffic the admin API shows: ``host_view`` (this host: /metrics)
+and ``view`` (what the rollout is judged on: the cluster's, the host's
+workers', or this process's; /status).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from proxy.config.model import Config
 from proxy.control.journal import EventLog, Journal
 from proxy.control.rollout import RolloutRunner
+from proxy.control.shared_weights import SharedWeights
 from proxy.http.plane import DataPlane
 from proxy.routing.variant import Variant
+from proxy.telemetry.report import EndpointReading
+from proxy.telemetry.source import LocalTelemetry, Picture, TelemetrySource
 from proxy.timing.clock import Clock, SystemClock
 from proxy.upstream.endpoint import Endpoint
+
+
+class Telemetry(TelemetrySource, Picture, Protocol):
+    """A picture the controller can also judge from."""
+
+
+class Membership(Protocol):
+    """What /status says of the cluster (``proxy.cluster``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """``{"name", "self", "leader", "members": [{"id", ...}]}``."""
+        ...
 
 
 class Runtime(DataPlane):
@@ -28,6 +48,13 @@ class Runtime(DataPlane):
         self.clock = clock or SystemClock()
         self.rollout: RolloutRunner | None = None  # set at start when the config has one
         self._journal = Journal()
+        self.local = LocalTelemetry(self.recorder, self.clock, self.endpoint_readings,
+                                    loop.time)
+        self.host_view: Telemetry = self.local  # a supervisor's: its workers merged
+        self.view: Telemetry = self.local  # a cluster member's: every replica merged
+        self.cluster: Membership | None = None
+        self.shared_weights: SharedWeights | None = None  # a cluster without a rollout
+        self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
 
     @property
     def journal(self) -> EventLog:
@@ -37,3 +64,9 @@ class Runtime(DataPlane):
     def endpoints(self) -> list[tuple[Variant, Endpoint]]:
         """Every endpoint of the current snapshot, with its variant."""
         return self.snapshot.pools.endpoints()
+
+    def endpoint_readings(self) -> list[EndpointReading]:
+        """Every endpoint's health and connections opened, as a report carries them."""
+        now = self.loop.time()
+        return [EndpointReading(v, ep.label, ep.healthy(now), ep.connects)
+                for v, ep in self.endpoints()]

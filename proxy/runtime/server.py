@@ -1,7 +1,7 @@
 """Lifecycle of the data plane: build the runtime, listen, drain, stop.
 
-Start in order (sweeper, rollout, listener, rollout loop) on an
-``AsyncExitStack``; stop unwinds the same stack in reverse, and every step
+Start in order (sweeper, cluster membership, rollout, listener, rollout
+loop) on an ``AsyncExitStack``; stop unwinds the same stack in reverse, and every step
 runs even when one before it fails. Drain stops accepting, lets in-flight
 exchanges finish within the drain timeout, closes idle keep-alive connections
 as they go quiet, then cuts whatever is left.
@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import socket
 
+from proxy.cluster.member import REDIS_ERRORS, Member
 from proxy.config.model import Config
 from proxy.control.lease import Lease, SoleLease
-from proxy.control.rollout import RolloutRunner, load_state, open_store
+from proxy.control.rollout import RolloutRunner, load_state, open_store, safe_state
+from proxy.control.shared_weights import SharedWeights
+from proxy.control.state import StateError
+from proxy.control.store import StateStore
 from proxy.http.inbound import ClientConnection
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
-from proxy.telemetry.source import LocalTelemetry
+from proxy.telemetry.report import Reporter
 from proxy.timing.clock import Clock
+
+log = logging.getLogger("veer")
 
 
 class ProxyServer:
     """The data-plane listener around one ``Runtime``."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None,
-                 clock: Clock | None = None, lease: Lease | None = None) -> None:
+                 clock: Clock | None = None, lease: Lease | None = None,
+                 sock: socket.socket | None = None, listening: bool = True) -> None:
         self.config = config
         self.rt = Runtime(config, loop or asyncio.get_running_loop(), clock)
         self.lease = lease or SoleLease()
+        self.sock = sock  # a listener inherited from a supervisor
+        self.listening = listening  # False: a supervisor's runtime (its workers listen)
+        self.member: Member | None = None
         self._server: asyncio.Server | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -57,26 +70,88 @@ class ProxyServer:
             rt.sweeper.start()
             stack.push_async_callback(rt.sweeper.stop)
             stack.callback(self._close_idle)  # the pools current at stop, after a reload too
+            if self.config.cluster is not None:
+                await self._join_cluster(stack)
             if self.config.rollout is not None:
                 await self._start_rollout(stack)
-            self._server = await rt.loop.create_server(
-                lambda: ClientConnection(rt), self.config.listen.host, self.config.listen.port,
-                backlog=4096, reuse_address=True)
+            if self.listening:
+                self._server = await (
+                    rt.loop.create_server(lambda: ClientConnection(rt), sock=self.sock,
+                                          backlog=4096)
+                    if self.sock is not None else
+                    rt.loop.create_server(lambda: ClientConnection(rt), self.config.listen.host,
+                                          self.config.listen.port, backlog=4096,
+                                          reuse_address=True))
             stack.push_async_callback(self._close_listener)
             if rt.rollout is not None:
                 stack.push_async_callback(rt.rollout.stop)  # also after a partial start
                 await rt.rollout.start()
             self._stack = stack.pop_all()
 
+    async def _join_cluster(self, stack: contextlib.AsyncExitStack) -> None:
+        """Become a member: reports out (this process's, unless workers report for it),
+        the cluster's picture in, the lease and the shared store."""
+        rt, cluster = self.rt, self.config.cluster
+        assert cluster is not None
+        info = {"listen": str(self.config.listen), "admin": str(self.config.admin.listen),
+                "pid": os.getpid(), "host": socket.gethostname(),
+                "workers": self.config.workers, "started": rt.clock.wall()}
+        member = self.member = Member(cluster, rt.clock, info,
+                                      window=self.config.recording.window,
+                                      max_events=self.config.state.max_events)
+        if self.listening:  # this process serves: it reports its own recorder
+            reporter = Reporter(f"{member.id}/{os.getpid()}/{rt.clock.wall():.3f}",
+                                rt.recorder, rt.clock)
+
+            def produce() -> list:  # type: ignore[type-arg]
+                report = reporter.report(rt.endpoint_readings())
+                reporter.delivered()  # queued by the member until Redis takes it
+                return [report]
+
+            member.produce = produce
+        await member.start()
+        stack.push_async_callback(member.stop)
+        rt.view = member.view
+        rt.cluster = member
+        self.lease = member.lease
+        if self.config.rollout is None:
+            await self._share_weights(member)
+
+    async def _share_weights(self, member: Member) -> None:
+        rt = self.rt
+        shared = SharedWeights(member.weights_store, rt.live, self.config.state.max_events)
+        try:
+            await shared.start()
+        except REDIS_ERRORS as exc:
+            self._unreachable(f"cluster Redis unreachable ({exc})")
+            rt.live.set_weight(0)  # safe until the shared weight is heard
+        rt.shared_weights = shared
+
+    def _unreachable(self, problem: str) -> None:
+        cluster = self.config.cluster
+        assert cluster is not None
+        if cluster.on_unreachable == "refuse":
+            raise StateError(f"{problem}; refusing to start (cluster.on_unreachable: refuse)")
+        log.error("%s; starting safe on original until it answers", problem)
+
     async def _start_rollout(self, stack: contextlib.AsyncExitStack) -> None:
         rt, rollout, cfg = self.rt, self.config.rollout, self.config.state
         assert rollout is not None
-        store = open_store(cfg, rt.clock)
-        stack.push_async_callback(store.close)  # released if what follows fails
-        state, version = await load_state(store, rollout, cfg, rt.clock.wall())
-        rt.rollout = RolloutRunner(rollout, store, LocalTelemetry(rt.recorder, rt.clock),
-                                   rt.live, rt.clock, self.lease, state, version,
-                                   cfg.max_events)
+        store: StateStore
+        if self.member is not None:
+            store = self.member.store
+        else:
+            store = open_store(cfg, rt.clock)
+            stack.push_async_callback(store.close)  # released if what follows fails
+        now = rt.clock.wall()
+        try:
+            state, version = await load_state(store, rollout, cfg, now)
+        except REDIS_ERRORS as exc:
+            problem = f"cluster Redis unreachable ({exc})"
+            self._unreachable(problem)
+            state, version = safe_state(rollout, now, "state-unreachable", problem), 0
+        rt.rollout = RolloutRunner(rollout, store, rt.view, rt.live, rt.clock, self.lease, state,
+                                   version, cfg.max_events)
         stack.callback(self._forget_rollout)
         await rt.rollout.flush()  # the state it starts from is on disk before it serves
 

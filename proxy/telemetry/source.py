@@ -1,22 +1,26 @@
-"""What the controller reads: counters per tick and latency since the phase began.
+"""What the controller reads (``TelemetrySource``) and the admin API shows (``Picture``).
 
-``TelemetrySource`` is the seam: ``LocalTelemetry`` reads this process's
-recorder; a source merged from several workers or replicas (closed
-``SecondSlot`` values) plugs in without the controller changing.
+Both are seams: ``LocalTelemetry`` reads this process's recorder;
+``proxy.telemetry.merged.MergedTelemetry`` is the same two views merged from
+several workers or replicas, and plugs in without the controller or the
+admin API changing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from hdrh.histogram import HdrHistogram
 
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS, Variant
 from proxy.telemetry import latency
+from proxy.telemetry.latency import WindowStats
 from proxy.telemetry.recorder import Recorder
-from proxy.telemetry.slots import SecondSlot
+from proxy.telemetry.report import Counters, EndpointReading, counters_of
 from proxy.timing.clock import Clock
 
 Histograms = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
@@ -30,10 +34,17 @@ class Totals:
     failures: int = 0
     slow_p99: int = 0  # slower than the phase's p99 limit
     slow_p999: int = 0
+    timed: int = -1  # requests the slow counts cover (-1: all of them, as in one process)
+
+    @property
+    def latency_sample(self) -> int:
+        """The denominator of the slow counts."""
+        return self.requests if self.timed < 0 else self.timed
 
     def __sub__(self, other: Totals) -> Totals:
         return Totals(self.requests - other.requests, self.failures - other.failures,
-                      self.slow_p99 - other.slow_p99, self.slow_p999 - other.slow_p999)
+                      self.slow_p99 - other.slow_p99, self.slow_p999 - other.slow_p999,
+                      self.latency_sample - other.latency_sample)
 
 
 class TelemetrySource(Protocol):
@@ -55,17 +66,59 @@ class TelemetrySource(Protocol):
         """Values (seconds) and since-mark counts for new and original."""
         ...
 
-    def closed_slots(self, after: int) -> list[SecondSlot]:
-        """Closed one-second slots of both variants later than second ``after``."""
+
+class Picture(Protocol):
+    """The traffic the admin API shows: /status, /analysis and /metrics read only this."""
+
+    def requests_total(self, variant: Variant) -> int:
+        """Requests answered since start."""
+        ...
+
+    def in_flight(self, variant: Variant) -> int:
+        """Requests being served now."""
+        ...
+
+    def window(self, variant: Variant, seconds: int) -> WindowStats:
+        """The last ``seconds`` seconds."""
+        ...
+
+    def since_marked(self, variant: Variant) -> WindowStats:
+        """Since the phase began."""
+        ...
+
+    def cumulative(self, variant: Variant) -> HdrHistogram:
+        """Every latency since start (a copy)."""
+        ...
+
+    def counters(self, variant: Variant) -> Counters:
+        """Status codes, error kinds, bytes and the latency sum since start."""
+        ...
+
+    def endpoints(self) -> list[EndpointReading]:
+        """Every upstream endpoint: health and connections opened."""
         ...
 
 
-class LocalTelemetry:
-    """``TelemetrySource`` over this process's ``Recorder``."""
+def histograms_of(new: HdrHistogram, orig: HdrHistogram) -> Histograms:
+    """Values (seconds) and counts of two histograms, trimmed to the range with data."""
+    new_counts = latency.counts(new)
+    orig_counts = latency.counts(orig)
+    used = np.flatnonzero(new_counts + orig_counts)
+    end = int(used[-1]) + 1 if used.size else 1
+    values = latency.index_values_us()[:end] / 1e6
+    return values, new_counts[:end].astype(np.float64), orig_counts[:end].astype(np.float64)
 
-    def __init__(self, recorder: Recorder, clock: Clock) -> None:
+
+class LocalTelemetry:
+    """``TelemetrySource`` and ``Picture`` over this process's ``Recorder``."""
+
+    def __init__(self, recorder: Recorder, clock: Clock,
+                 endpoints: Callable[[], list[EndpointReading]] = list,
+                 now: Callable[[], float] | None = None) -> None:
         self.recorder = recorder
         self.clock = clock
+        self._endpoints = endpoints
+        self._now = now or clock.monotonic  # the recorder's time base (the loop's)
 
     def totals(self, variant: Variant) -> Totals:
         r = self.recorder.variants[variant]
@@ -83,14 +136,28 @@ class LocalTelemetry:
     def latency_histograms(self) -> Histograms:
         """Trimmed to the range that has data."""
         now = self.clock.monotonic()
-        new = latency.counts(self.recorder.variants[NEW].since_marked(now).histogram)
-        orig = latency.counts(self.recorder.variants[ORIGINAL].since_marked(now).histogram)
-        used = np.flatnonzero(new + orig)
-        end = int(used[-1]) + 1 if used.size else 1
-        values = latency.index_values_us()[:end] / 1e6
-        return values, new[:end].astype(np.float64), orig[:end].astype(np.float64)
+        v = self.recorder.variants
+        return histograms_of(v[NEW].since_marked(now).histogram,
+                             v[ORIGINAL].since_marked(now).histogram)
 
-    def closed_slots(self, after: int) -> list[SecondSlot]:
-        now = self.clock.monotonic()
-        return [s for v in VARIANTS
-                for s in self.recorder.variants[v].closed_slots(v, after, now)]
+    # -- Picture -------------------------------------------------------------------
+    def requests_total(self, variant: Variant) -> int:
+        return self.recorder.variants[variant].requests
+
+    def in_flight(self, variant: Variant) -> int:
+        return self.recorder.variants[variant].in_flight
+
+    def window(self, variant: Variant, seconds: int) -> WindowStats:
+        return self.recorder.variants[variant].window(seconds, self._now())
+
+    def since_marked(self, variant: Variant) -> WindowStats:
+        return self.recorder.variants[variant].since_marked(self._now())
+
+    def cumulative(self, variant: Variant) -> HdrHistogram:
+        return self.recorder.variants[variant].cumulative_histogram()
+
+    def counters(self, variant: Variant) -> Counters:
+        return counters_of(self.recorder.variants[variant])
+
+    def endpoints(self) -> list[EndpointReading]:
+        return self._endpoints()

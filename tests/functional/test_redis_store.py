@@ -4,38 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from proxy.cluster.redis_store import RedisStore
 from proxy.control.state import RolloutState, StateError
 from proxy.control.store import VersionConflict
-from proxy.runtime.redis_store import RedisStore
 from tests.deadline import until
-from tests.ports import accepts, free_port
-from tests.sysdeps import require_binary
 
 
-@pytest.fixture
-async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
-    binary = require_binary("redis-server", "apt-get install redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        await until(lambda: accepts(port), timeout=10, interval=0.02, what="redis-server to listen")
-        yield url
-    finally:
-        proc.terminate()  # only the server this test started
-        proc.wait(10)
+class Store(RedisStore):
+    """A store with a client of its own, closed with it."""
+
+    def __init__(self, url: str, name: str, **kwargs: Any) -> None:
+        super().__init__(aioredis.from_url(url), name, **kwargs)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.client.aclose()
 
 
 async def test_compare_and_set_lets_one_writer_win_each_version(redis_url: str) -> None:
-    a, b = RedisStore(redis_url, "c1"), RedisStore(redis_url, "c1")
+    a, b = Store(redis_url, "c1"), Store(redis_url, "c1")
     try:
         assert await a.load() == (None, 0)
         v1 = await a.save(RolloutState(rollout="r", weight_bp=100), 0)
@@ -45,7 +37,7 @@ async def test_compare_and_set_lets_one_writer_win_each_version(redis_url: str) 
         v2 = await b.save(RolloutState(rollout="r", weight_bp=200), v1)
         state, version = await a.load()
         assert version == v2 == 2 and state is not None and state.weight_bp == 200
-        other = RedisStore(redis_url, "another-cluster")
+        other = Store(redis_url, "another-cluster")
         assert await other.load() == (None, 0)  # a cluster name is its own rollout
         await other.close()
     finally:
@@ -54,7 +46,7 @@ async def test_compare_and_set_lets_one_writer_win_each_version(redis_url: str) 
 
 
 async def test_a_save_reaches_the_other_replicas_watchers(redis_url: str) -> None:
-    leader, follower = RedisStore(redis_url, "c2"), RedisStore(redis_url, "c2", poll=0.2)
+    leader, follower = Store(redis_url, "c2"), Store(redis_url, "c2", poll=0.2)
     heard: list[tuple[int, int]] = []
     try:
         follower.watch(lambda state, version: heard.append((state.weight_bp, version)))
@@ -74,7 +66,7 @@ async def test_a_save_reaches_the_other_replicas_watchers(redis_url: str) -> Non
 
 
 async def test_the_version_poll_catches_a_missed_announcement(redis_url: str) -> None:
-    leader, follower = RedisStore(redis_url, "c3"), RedisStore(redis_url, "c3", poll=0.1)
+    leader, follower = Store(redis_url, "c3"), Store(redis_url, "c3", poll=0.1)
     heard: list[int] = []
     try:
         doc = RolloutState(rollout="r", weight_bp=4200).to_dict()
@@ -109,7 +101,7 @@ async def test_a_follower_replica_applies_the_leaders_weight(redis_url: str) -> 
     clock = ManualClock()
     runners, lives = [], []
     for held in (True, False):
-        store = RedisStore(redis_url, "c4", poll=0.2)
+        store = Store(redis_url, "c4", poll=0.2)
         state, version = await store.load()
         live = LiveState()
         runner = RolloutRunner(rollout, store, LocalTelemetry(Recorder(), clock), live, clock,

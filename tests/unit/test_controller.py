@@ -14,7 +14,6 @@ from proxy.config.reader import Reader
 from proxy.control.controller import ActionError, Controller
 from proxy.control.state import Status
 from proxy.routing.variant import NEW, ORIGINAL, Variant
-from proxy.telemetry.slots import SecondSlot
 from proxy.telemetry.source import Totals
 
 SEED_PLAN: dict[str, Any] = {
@@ -58,9 +57,6 @@ class FakeTelemetry:
 
     def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None:
         self.watched = (p99_limit, p999_limit)
-
-    def closed_slots(self, after: int) -> list[SecondSlot]:
-        return []
 
     def mark(self) -> None:
         self.marks += 1

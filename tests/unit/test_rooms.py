@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Bottom to top: each room may import only rooms at or below its own floor.
 PROXY_ROOMS = ["timing", "config", "routing", "wire", "telemetry", "upstream", "http",
-               "control", "runtime"]
+               "control", "cluster", "runtime", "workers"]
 ADMIN_ROOMS = ["requests", "wire_errors", "openapi", "views", "metrics", "routes", "server",
                "main", "demo", "cli"]
 

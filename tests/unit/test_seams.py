@@ -18,7 +18,7 @@ from proxy.config.load import from_dict
 from proxy.config.plan import Rollout, read_rollout
 from proxy.config.reader import Reader
 from proxy.control.rollout import RolloutRunner, StateSaveError
-from proxy.control.state import Event, RolloutState
+from proxy.control.state import Event, RolloutState, Status
 from proxy.control.store import FileStore, MemoryStore
 from proxy.http.plane import Snapshot
 from proxy.routing.live import LiveState
@@ -102,17 +102,49 @@ def _runner(store: MemoryStore, lease: Lease, clock: ManualClock,
                          version)
 
 
-async def test_without_the_lease_the_runner_decides_nothing() -> None:
+async def test_without_the_lease_the_runner_decides_nothing_but_an_operator_still_acts() -> None:
     clock = ManualClock()
     live = LiveState()
-    runner = _runner(MemoryStore(), Lease(False), clock, live)
+    store = MemoryStore()
+    runner = _runner(store, Lease(False), clock, live)
     assert live.new_weight_bp == 1000  # what is saved still applies
     clock.advance(5)
     assert runner.step() == []
-    from proxy.control.controller import ActionError
-    with pytest.raises(ActionError, match="lease"):
+    assert store.read() is None  # nothing of its own is written
+    # An operator's action on a replica that does not lead is written by compare-and-set,
+    # so it applies wherever the operator asked.
+    await runner.act("promote", "op")
+    saved = store.read()
+    assert saved is not None and saved.weight_bp == 10000
+    assert live.new_weight_bp == 10000
+
+
+async def test_an_operator_action_without_the_lease_rereads_on_a_conflict() -> None:
+    clock = ManualClock()
+    store = MemoryStore()
+    runner = _runner(store, Lease(False), clock)
+    # The leader saved meanwhile (version 1): the action is re-applied on what it saved.
+    store.write(RolloutState(rollout="r", weight_bp=2000, phase_started=clock.wall(),
+                             status=Status.PAUSED), 0)
+    await runner.act("resume", "op")
+    saved = store.read()
+    assert saved is not None and saved.status is Status.PROGRESSING and saved.weight_bp == 2000
+
+
+async def test_an_operator_action_that_cannot_be_saved_is_not_applied() -> None:
+    class Down(MemoryStore):
+        async def save(self, state: RolloutState, version: int) -> int:
+            raise ConnectionError("Redis is away")
+
+        async def load(self) -> tuple[RolloutState | None, int]:
+            return None, 0
+
+    clock = ManualClock()
+    live = LiveState()
+    runner = _runner(Down(), Lease(False), clock, live)
+    with pytest.raises(StateSaveError, match="not applied"):
         await runner.act("promote", "op")
-    assert live.new_weight_bp == 1000
+    assert live.new_weight_bp == 1000 and runner.controller.state.weight_bp == 1000
 
 
 async def test_an_action_returns_once_saved_and_a_tick_never_waits_for_the_disk() -> None:

@@ -1,0 +1,1 @@
+"""Replicas sharing one rollout through Redis: the state store, the lease, the reports."""
