@@ -1,7 +1,10 @@
-"""``veer run``: the data plane and the admin listener in one process, until a signal.
+"""``veer run``: the data plane and the admin listener, until a signal.
 
-Start in order (data plane, admin), stop in reverse. SIGTERM or SIGINT drains
-the data plane (readiness turns 503 at once), then stops both and exits 0.
+One process, or with ``workers: N`` a supervisor (rollout, cluster
+membership, admin API) and N worker processes sharing the listener. Start in
+order (data plane or supervisor, workers, admin), stop in reverse. SIGTERM
+or SIGINT drains (readiness turns 503 at once; every worker drains), then
+stops everything and exits 0. SIGHUP reloads (every worker too).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import uvloop
 
@@ -22,7 +26,8 @@ from proxy.config.reader import ConfigError
 from proxy.control.rollout import StateSaveError
 from proxy.control.state import StateError
 from proxy.runtime.reload import ReloadError, reload_recorded
-from proxy.runtime.server import ProxyServer
+from proxy.runtime.server import ProxyServer, Role
+from proxy.workers.supervisor import Supervisor
 
 log = logging.getLogger("veer")
 
@@ -30,17 +35,29 @@ log = logging.getLogger("veer")
 async def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code."""
     async with contextlib.AsyncExitStack() as lifecycle:  # stops in reverse, every step
-        proxy = ProxyServer(config)
+        supervised = config.workers > 1
+        proxy = ProxyServer(config, role=Role.SUPERVISOR if supervised else Role.SINGLE)
         await proxy.start()
         lifecycle.push_async_callback(proxy.stop)
+        drain = proxy.drain
+        if supervised:
+            supervisor = Supervisor(proxy, config.workers)
+            lifecycle.push_async_callback(supervisor.stop, 0.0)  # after a drain: kill stragglers
+            await supervisor.start()
+
+            async def drain(timeout: float | None = None) -> bool:
+                proxy.rt.draining = True
+                return await supervisor.stop(config.timeouts.drain)
+
         admin = AdminServer(proxy.rt)
         await admin.start()
         lifecycle.push_async_callback(admin.stop)
-        await _serve_until_signalled(proxy, config)
+        await _serve_until_signalled(proxy, config, drain)
     return 0
 
 
-async def _serve_until_signalled(proxy: ProxyServer, config: Config) -> None:
+async def _serve_until_signalled(proxy: ProxyServer, config: Config,
+                                 drain: Callable[[], Awaitable[bool]]) -> None:
     # Everything built so far (modules, numpy/scipy, config: ~90k objects) lives as long as
     # the process: move it out of the collector's sight. A full collection over it stalls
     # the loop ~35 ms (measured with gc.callbacks); after the freeze it walks ~2k objects.
@@ -53,12 +70,13 @@ async def _serve_until_signalled(proxy: ProxyServer, config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, proxy)
-    log.info("veer listening on %s, admin on %s (new weight %.2f%%)", config.listen,
-             config.admin.listen, config.new_weight_bp / 100)
+    log.info("veer listening on %s (%d worker%s), admin on %s (new weight %.2f%%)",
+             config.listen, config.workers, "s" if config.workers > 1 else "",
+             config.admin.listen, proxy.rt.live.new_weight_bp / 100)
     await stop.wait()
     log.info("draining (up to %.0fs)", config.timeouts.drain)
-    if not await proxy.drain():
-        log.warning("drain timeout: %d connections cut", len(proxy.rt.connections))
+    if not await drain():
+        log.warning("drain timeout: connections cut")
 
 
 def _reload(proxy: ProxyServer) -> None:

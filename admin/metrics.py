@@ -126,6 +126,15 @@ class VeerCollector(Collector):
                 rollbacks.add_metric([reason], n)
             yield rollbacks
 
+        if rt.workers is not None:
+            alive = GaugeMetricFamily("veer_workers", "Worker processes running now.")
+            alive.add_metric([], rt.workers.alive)
+            yield alive
+            restarts = CounterMetricFamily("veer_worker_restarts",
+                                           "Workers started again after one exited.")
+            restarts.add_metric([], rt.workers.restarts)
+            yield restarts
+
         cfg = rt.config
         info = InfoMetricFamily("veer_config", "The loaded config.")
         info.add_metric([], {"source": cfg.source, "salt": cfg.routing.salt,

@@ -37,6 +37,9 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                        "since_phase": _stats(view.since_marked(v))}
     out = {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
            "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+    if rt.workers is not None:
+        out["workers"] = {"count": rt.config.workers, "alive": rt.workers.alive,
+                          "restarts": rt.workers.restarts}
     if rt.cluster is not None:
         out["cluster"] = rt.cluster.describe()
     return out

@@ -65,5 +65,5 @@ def reload_recorded(rt: Runtime, actor: str, path: str | None = None) -> list[st
 def apply(rt: Runtime, new: Config, changed: list[str]) -> None:
     """Swap in ``new``; every request that arrives after this sees it."""
     rt.swap(Snapshot.build(new, rt.snapshot))
-    if "new_weight_bp" in changed and rt.rollout is None and rt.shared_weights is None:
+    if "new_weight_bp" in changed and rt.rollout is None and rt.weights_from_config:
         rt.live.set_weight(new.new_weight_bp)

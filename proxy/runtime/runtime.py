@@ -39,6 +39,20 @@ class Membership(Protocol):
         ...
 
 
+class Workers(Protocol):
+    """What /metrics says of a supervisor's workers (``proxy.workers``)."""
+
+    @property
+    def alive(self) -> int:
+        """Workers running now."""
+        ...
+
+    @property
+    def restarts(self) -> int:
+        """Workers started again after one died."""
+        ...
+
+
 class Runtime(DataPlane):
     """Everything one veer process shares."""
 
@@ -55,6 +69,8 @@ class Runtime(DataPlane):
         self.cluster: Membership | None = None
         self.shared_weights: SharedWeights | None = None  # a cluster without a rollout
         self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
+        self.weights_from_config = True  # False: the live weight comes from elsewhere
+        self.workers: Workers | None = None  # a supervisor's
 
     @property
     def journal(self) -> EventLog:

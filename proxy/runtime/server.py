@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+from enum import StrEnum
 
 from proxy.cluster.member import REDIS_ERRORS, Member
 from proxy.config.model import Config
@@ -25,10 +26,19 @@ from proxy.control.store import StateStore
 from proxy.http.inbound import ClientConnection
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
+from proxy.telemetry.merged import MergedTelemetry
 from proxy.telemetry.report import Reporter
 from proxy.timing.clock import Clock
 
 log = logging.getLogger("veer")
+
+
+class Role(StrEnum):
+    """What this process is on its host."""
+
+    SINGLE = "single"  # serves, and runs the rollout (and cluster membership) itself
+    WORKER = "worker"  # serves on an inherited listener; its supervisor decides
+    SUPERVISOR = "supervisor"  # runs the rollout and membership; its workers serve
 
 
 class ProxyServer:
@@ -36,13 +46,18 @@ class ProxyServer:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None,
                  clock: Clock | None = None, lease: Lease | None = None,
-                 sock: socket.socket | None = None, listening: bool = True) -> None:
+                 sock: socket.socket | None = None, role: Role = Role.SINGLE) -> None:
         self.config = config
         self.rt = Runtime(config, loop or asyncio.get_running_loop(), clock)
         self.lease = lease or SoleLease()
         self.sock = sock  # a listener inherited from a supervisor
-        self.listening = listening  # False: a supervisor's runtime (its workers listen)
+        self.role = role
         self.member: Member | None = None
+        if role is Role.WORKER:
+            self.rt.weights_from_config = False  # the supervisor sends the live state
+        if role is Role.SUPERVISOR:  # the host's picture is its workers' reports
+            self.rt.host_view = self.rt.view = MergedTelemetry(self.rt.clock,
+                                                               config.recording.window)
         self._server: asyncio.Server | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -70,11 +85,12 @@ class ProxyServer:
             rt.sweeper.start()
             stack.push_async_callback(rt.sweeper.stop)
             stack.callback(self._close_idle)  # the pools current at stop, after a reload too
-            if self.config.cluster is not None:
+            deciding = self.role is not Role.WORKER
+            if deciding and self.config.cluster is not None:
                 await self._join_cluster(stack)
-            if self.config.rollout is not None:
+            if deciding and self.config.rollout is not None:
                 await self._start_rollout(stack)
-            if self.listening:
+            if self.role is not Role.SUPERVISOR:
                 self._server = await (
                     rt.loop.create_server(lambda: ClientConnection(rt), sock=self.sock,
                                           backlog=4096)
@@ -99,7 +115,7 @@ class ProxyServer:
         member = self.member = Member(cluster, rt.clock, info,
                                       window=self.config.recording.window,
                                       max_events=self.config.state.max_events)
-        if self.listening:  # this process serves: it reports its own recorder
+        if self.role is Role.SINGLE:  # this process serves: it reports its own recorder
             reporter = Reporter(f"{member.id}/{os.getpid()}/{rt.clock.wall():.3f}",
                                 rt.recorder, rt.clock)
 
@@ -114,6 +130,7 @@ class ProxyServer:
         rt.view = member.view
         rt.cluster = member
         self.lease = member.lease
+        rt.weights_from_config = False  # the cluster's weight, whoever set it
         if self.config.rollout is None:
             await self._share_weights(member)
 

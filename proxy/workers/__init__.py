@@ -1,0 +1,1 @@
+"""Several processes on one host sharing the listener: a supervisor and its workers."""

@@ -1,0 +1,187 @@
+"""The supervisor of a host's workers: one listener, N processes, one picture.
+
+It binds the listener once and every worker inherits it (a connection waits
+in the kernel's queue until some worker accepts it, so a worker restarting
+never refuses anyone). It pushes the live state to every worker as it
+changes and asks them to reload after its own reload; it folds their
+reports into the host's picture (and, in a cluster, passes them on to the
+stream). A worker that dies is started again after a backoff (0.1 s,
+doubling to 5 s; reset once a worker has lived 10 s), with an event and a
+count on /metrics. Stopping sends SIGTERM to every worker, waits for their
+drains, and kills only what outlives the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from proxy.control.state import Event
+from proxy.runtime.server import ProxyServer
+from proxy.telemetry.merged import MergedTelemetry
+from proxy.telemetry.report import Report
+from proxy.timing.tasks import cancel
+from proxy.workers.channel import Channel
+
+log = logging.getLogger("veer.supervisor")
+
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+STABLE_AFTER = 10.0  # seconds a worker must live for its slot's backoff to reset
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker index: its current process and channel."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    task: asyncio.Task[None] | None = None
+    backoff: float = FIRST_BACKOFF
+
+
+class Supervisor:
+    """Runs ``count`` workers for ``proxy`` (a ``Role.SUPERVISOR`` server)."""
+
+    def __init__(self, proxy: ProxyServer, count: int) -> None:
+        self.proxy = proxy
+        self.rt = proxy.rt
+        self.count = count
+        self.listener: socket.socket | None = None
+        self.slots = [_Slot(i) for i in range(count)]
+        self.restarts_total = 0
+        self._stopping = False
+        assert isinstance(self.rt.host_view, MergedTelemetry)
+        self.host: MergedTelemetry = self.rt.host_view
+
+    @property
+    def alive(self) -> int:
+        """Workers running now."""
+        return sum(1 for s in self.slots if s.proc is not None and s.proc.returncode is None)
+
+    @property
+    def restarts(self) -> int:
+        return self.restarts_total
+
+    @property
+    def port(self) -> int:
+        """The bound port (the config may ask for 0)."""
+        assert self.listener is not None
+        port: int = self.listener.getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Bind, then start every worker (the listener queues connections meanwhile)."""
+        listen = self.rt.config.listen
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        self.listener = socket.create_server((listen.host, listen.port), family=family,
+                                             backlog=4096)
+        self.rt.live.on_change = self._push_live
+        self.rt.reload_hooks.append(self._reload_workers)
+        self.rt.workers = self
+        for slot in self.slots:
+            await self._spawn(slot)
+
+    async def _spawn(self, slot: _Slot) -> None:
+        assert self.listener is not None
+        parent, child = socket.socketpair()
+        fds = (self.listener.fileno(), child.fileno())
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy.workers.worker", self.rt.config.source,
+                str(fds[0]), str(fds[1]), str(slot.index), pass_fds=fds)
+        finally:
+            child.close()
+        slot.channel = await Channel.open(parent)
+        slot.channel.send({"live": self.rt.live.to_wire()})
+        slot.task = asyncio.get_running_loop().create_task(
+            self._follow(slot, slot.proc, slot.channel), name=f"veer-worker-{slot.index}")
+        log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+
+    async def _follow(self, slot: _Slot, proc: asyncio.subprocess.Process,
+                      channel: Channel) -> None:
+        """Take the worker's reports until it goes; then start another in its place."""
+        loop = asyncio.get_running_loop()
+        born = loop.time()
+        member = self.proxy.member
+        while True:
+            try:
+                message = await channel.receive()
+            except ValueError as exc:
+                log.error("worker %d: %s", slot.index, exc)
+                continue
+            if message is None:
+                break
+            raw = message.get("report")
+            if raw is None:
+                continue
+            try:
+                report = Report.from_wire(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("worker %d: unreadable report: %s", slot.index, exc)
+                continue
+            self.host.ingest(report)
+            if member is not None:
+                member.offer(report)
+        code = await proc.wait()
+        channel.close()
+        if self._stopping:
+            return
+        lived = loop.time() - born
+        if lived >= STABLE_AFTER:
+            slot.backoff = FIRST_BACKOFF
+        delay, slot.backoff = slot.backoff, min(MAX_BACKOFF, slot.backoff * 2)
+        self.restarts_total += 1
+        reason = f"worker {slot.index} (pid {proc.pid}) exited with {code} after {lived:.1f}s"
+        log.error("%s; starting another in %.1fs", reason, delay)
+        self.rt.journal.record(Event(self.rt.clock.wall(), "worker-restarted",
+                                     f"pid {proc.pid}", f"worker {slot.index}", reason, "veer"))
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._spawn(slot)
+
+    def _push_live(self) -> None:
+        message = {"live": self.rt.live.to_wire()}
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send(message)
+
+    def _reload_workers(self) -> None:
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send({"reload": True})
+
+    async def stop(self, timeout: float) -> bool:
+        """SIGTERM every worker (each drains), wait up to ``timeout`` plus a margin, kill
+        what is left; True if all exited by themselves."""
+        self._stopping = True
+        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        clean = True
+        if procs:
+            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
+                                            timeout=timeout + 5)
+            for proc in procs:
+                if proc.returncode is None:
+                    clean = False
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()  # only our own workers, by their PIDs
+                    await proc.wait()
+            for fut in pending:
+                await cancel(fut)  # type: ignore[arg-type]
+        for slot in self.slots:
+            await cancel(slot.task)
+            if slot.channel is not None:
+                slot.channel.close()
+        if self.listener is not None:
+            self.listener.close()
+        self.rt.live.on_change = None
+        return clean
