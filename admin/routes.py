@@ -162,7 +162,14 @@ async def put_weights(request: web.Request) -> web.Response:
                            request)
     event = Event(rt.clock.wall(), "weight", f"{rt.live.new_weight_bp / 100:g}%",
                   f"{new_bp / 100:g}%", "manual weight", actor)
-    rt.live.set_weight(new_bp)
+    if rt.shared_weights is not None:  # a cluster: written for every replica, or not at all
+        try:
+            await rt.shared_weights.set(event, new_bp)
+        except Exception as exc:
+            raise ApiError(503, "unavailable",
+                           f"the cluster's weight was not written ({exc}); unchanged") from None
+    else:
+        rt.live.set_weight(new_bp)
     rt.journal.record(event)
     return _events_out([event], request)
 

@@ -106,7 +106,31 @@ def render_status(status: Mapping[str, Any]) -> str:
                          latency(s.get("p999"), n)])
     out.append("")
     out.append(table(rows, right=range(3, 11)))
+    workers = status.get("workers")
+    if isinstance(workers, dict):
+        out.append("")
+        out.append(f"workers  {workers.get('alive')}/{workers.get('count')} running, "
+                   f"{workers.get('restarts')} restarted")
+    cluster = status.get("cluster")
+    if isinstance(cluster, dict):
+        out.append("")
+        out.append(render_cluster(cluster))
     return "\n".join(out)
+
+
+def render_cluster(cluster: Mapping[str, Any]) -> str:
+    """The members, which one leads, and when each last reported."""
+    me, leader = cluster.get("self"), cluster.get("leader")
+    head = (f"cluster  {cluster.get('name')}: leader {leader or 'none (no lease held)'}"
+            + ("" if cluster.get("redis_reachable", True) else
+               "; Redis unreachable, serving on the last-known weights"))
+    rows = [["MEMBER", "ROLE", "LISTEN", "ADMIN", "WORKERS", "LAST REPORT"]]
+    for m in cluster.get("members") or []:
+        role = "leader" if m.get("id") == leader else "follower"
+        rows.append([f"{m.get('id')}{' (this)' if m.get('id') == me else ''}", role,
+                     str(m.get("listen", "")), str(m.get("admin", "")),
+                     str(m.get("workers", 1)), f"{float(m.get('age_s', 0)):.1f}s ago"])
+    return head + "\n" + table(rows, indent="  ")
 
 
 def render_events(page: Mapping[str, Any], reason_width: int = 72) -> str:
