@@ -92,16 +92,17 @@ class RedisStore:
         raw = await self.client.hmget(self.key, ["version", "doc"])
         version, doc = raw
         if doc is None:
-            self.version = 0
-            return None, 0
+            return None, 0  # what we knew stays: it is written back (see _catch_up)
         try:
             state = RolloutState.from_dict(json.loads(doc))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # Never moved aside or overwritten here: other replicas read the same key.
             raise StateError(f"cannot read the cluster state {self.key}: {exc}") from None
-        self.version = int(version or 0)
-        self._doc = doc.decode() if isinstance(doc, bytes) else str(doc)
-        return state, self.version
+        number = int(version or 0)
+        if number >= self.version:  # an older one than we knew is Redis having lost data
+            self.version = number
+            self._doc = doc.decode() if isinstance(doc, bytes) else str(doc)
+        return state, number
 
     async def save(self, state: RolloutState, version: int) -> int:
         doc = state.to_dict()

@@ -99,6 +99,8 @@ class ProxyServer:
                                           self.config.listen.port, backlog=4096,
                                           reuse_address=True))
             stack.push_async_callback(self._close_listener)
+            if self.member is not None and self._server is not None:
+                self.member.info["listen"] = f"{self.config.listen.host}:{self.port}"
             if rt.rollout is not None:
                 stack.push_async_callback(rt.rollout.stop)  # also after a partial start
                 await rt.rollout.start()

@@ -51,6 +51,7 @@ class MergedTelemetry:
         self.window_s = window
         self.fresh = fresh  # seconds: a reporter not heard for longer is gone (in-flight 0)
         self.latest: dict[str, Report] = {}  # every reporter's newest report
+        self._newest_slot: dict[tuple[str, Variant], int] = {}  # a slot sent twice counts once
         self._ring: dict[int, dict[Variant, _Acc]] = {}
         self._cumulative = {v: latency.new_histogram() for v in VARIANTS}
         self._mark_second = 0
@@ -61,10 +62,17 @@ class MergedTelemetry:
 
     # -- input -----------------------------------------------------------------
     def ingest(self, report: Report) -> None:
-        """One report: its counters replace the reporter's last, its slots are added."""
-        self.latest[report.reporter] = report
+        """One report: its counters replace the reporter's last, its new slots are added
+        (a report seen twice changes nothing)."""
+        was = self.latest.get(report.reporter)
+        if was is None or report.time >= was.time:  # a late copy never turns counts back
+            self.latest[report.reporter] = report
         a, b = self._limits_us
         for s in report.slots:
+            key = (report.reporter, s.variant)
+            if s.second <= self._newest_slot.get(key, -1):
+                continue  # already folded in (a report delivered twice); slots go in order
+            self._newest_slot[key] = s.second
             hist = s.latencies()
             ring = self._ring.setdefault(s.second, {})
             acc = ring.get(s.variant)

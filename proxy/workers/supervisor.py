@@ -82,6 +82,8 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         self.listener = socket.create_server((listen.host, listen.port), family=family,
                                              backlog=4096)
+        if self.proxy.member is not None:  # members list the port actually bound
+            self.proxy.member.info["listen"] = f"{listen.host}:{self.port}"
         self.rt.live.on_change = self._push_live
         self.rt.reload_hooks.append(self._reload_workers)
         self.rt.workers = self

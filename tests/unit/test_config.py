@@ -309,7 +309,37 @@ ERRORS: list[tuple[str, dict[str, Any], str, object, str]] = [
     ("retries", with_("connect_retries", 11), "connect_retries", 11, "an integer 0..10"),
     ("retries bool", with_("connect_retries", True), "connect_retries", True,
      "an integer 0..10"),
+    ("workers zero", with_("workers", 0), "workers", 0, "1..256, or auto"),
+    ("workers word", with_("workers", "many"), "workers", "many", "1..256, or auto"),
+    ("cluster no redis", with_("cluster", {"name": "c"}), "cluster.redis", None,
+     "a Redis URL"),
+    ("cluster bad url", with_("cluster", {"redis": "http://x:1", "name": "c"}),
+     "cluster.redis", "http://x:1", "a Redis URL"),
+    ("cluster no name", with_("cluster", {"redis": "redis://127.0.0.1:6379/0"}),
+     "cluster.name", None, "a name"),
+    ("cluster bad name", with_("cluster", {"redis": "redis://h:1", "name": "a b"}),
+     "cluster.name", "a b", "a name"),
+    ("cluster lease", with_("cluster", {"redis": "redis://h:1", "name": "c", "lease": "0.1s"}),
+     "cluster.lease", "0.1s", "0.5s..60s"),
+    ("cluster unreachable", with_("cluster", {"redis": "redis://h:1", "name": "c",
+                                              "on_unreachable": "guess"}),
+     "cluster.on_unreachable", "guess", "safe or refuse"),
+    ("cluster unknown key", with_("cluster", {"redis": "redis://h:1", "name": "c", "x": 1}),
+     "cluster.x", 1, "known: id, lease, name, on_unreachable, redis"),
 ]
+
+
+def test_workers_and_cluster() -> None:
+    import os
+
+    from proxy.config.model import Cluster
+    assert from_dict(sample(), SOURCE).workers == 1
+    assert from_dict(sample(), SOURCE).cluster is None
+    assert from_dict(with_("workers", 3), SOURCE).workers == 3
+    assert from_dict(with_("workers", "auto"), SOURCE).workers == len(os.sched_getaffinity(0))
+    cfg = from_dict(with_("cluster", {"redis": "redis://127.0.0.1:6379/0", "name": "checkout",
+                                      "lease": "3s"}), SOURCE)
+    assert cfg.cluster == Cluster("redis://127.0.0.1:6379/0", "checkout", lease=3.0)
 
 
 @pytest.mark.parametrize(("data", "path", "value", "expected"),
