@@ -80,6 +80,7 @@ class RedisStore:
         self.max_events = max_events
         self.poll = poll
         self.fence = fence  # the lease's epoch while this process holds it
+        self.shared = True
         self.version = 0  # as last loaded, saved or heard
         self.restored = 0  # times this process wrote back a state Redis had lost
         self._doc: str | None = None  # the document of ``version``, for a restore

@@ -11,6 +11,12 @@ leads) the runner takes what the leader saves, and an operator's action is
 written straight to the shared store by compare-and-set, so it applies on
 every replica whichever one was asked. On taking the lease it first reloads
 the shared state, so a new leader goes on from the phase the old one left.
+
+With a shared store, nothing moves away from safety on one replica alone: an
+operator's action applies once it is saved (else a 503 and no change), and
+the leader's own advance applies once it is saved; a rollback applies at
+once (the local fail-safe) and is saved when the store answers. A leader
+that loses the lease with decisions unsaved takes the shared state again.
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ class RolloutRunner:
         self._closed = False  # the store is released: nothing more is written
         self._leading = lease.held(clock.wall())
         self._taking_over: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None  # lost the lease with unsaved changes
         store.watch(self._changed_elsewhere)
         self.controller.dirty = True  # write the state we start from
         self._after([])
@@ -131,7 +138,8 @@ class RolloutRunner:
         """Stop the loop, write what is unsaved, flush notifications, release the store."""
         await cancel(self._task)
         await cancel(self._taking_over)
-        self._task = self._taking_over = None
+        await cancel(self._resync)
+        self._task = self._taking_over = self._resync = None
         try:
             try:
                 await self.flush()
@@ -163,6 +171,8 @@ class RolloutRunner:
         c = self.controller
         now = self.clock.wall()
         if not self.lease.held(now):
+            if self._leading and self.store.shared and self._saved < self._wanted:
+                self._resync_soon()
             self._leading = False
             return []
         if not self._leading:  # just took the lease: first read where the last leader left
@@ -187,7 +197,7 @@ class RolloutRunner:
         """Run a controller action (advance, promote, ...), apply it at once, and return
         once it is saved (``StateSaveError`` if it could not be: it applies in memory)."""
         now = self.clock.wall()
-        if not self.lease.held(now):
+        if not self.lease.held(now) or self.store.shared:
             return await self._act_shared(action, actor, now, kwargs)
         method = getattr(self.controller, action)
         events: list[Event] = self._after(method(now, actor, **kwargs))
@@ -253,7 +263,8 @@ class RolloutRunner:
 
     def _after(self, events: list[Event]) -> list[Event]:
         c = self.controller
-        self.apply()
+        if not (c.dirty and self.store.shared and self._widens()):
+            self.apply()  # else once saved (_save): no replica moves away from safety alone
         if c.dirty:
             c.dirty = False
             del c.state.events[:-self.max_events]
@@ -294,6 +305,35 @@ class RolloutRunner:
                 return
             self._saved = wanted
             self.save_error = None
+            if self.store.shared:
+                self.apply()  # an advance held back until it was saved
+
+    def _widens(self) -> bool:
+        """Whether the controller's state puts more users on new than the live state."""
+        live = self.live
+        allow_users, allow_groups = self.controller.allowed()
+        return (self.controller.weight_bp > live.new_weight_bp
+                or not allow_users <= live.allow_users or not allow_groups <= live.allow_groups
+                or not live.deny_users <= frozenset(self.controller.state.deny_users))
+
+    def _resync_soon(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.get_running_loop().create_task(self._take_shared(),
+                                                                  name="veer-resync")
+
+    async def _take_shared(self) -> None:
+        """Lost the lease with decisions unsaved: the shared state is the truth again (a
+        local rollback stays until it can be read)."""
+        while True:
+            try:
+                state, version = await self.store.load()
+            except Exception:  # the store is away: keep what applies here, try again
+                await asyncio.sleep(self.rollout.tick)
+                continue
+            self._saved = self._wanted
+            if state is not None:
+                self._take(state, version)
+            return
 
     def _changed_elsewhere(self, state: RolloutState, version: int) -> None:
         """Another process saved: take its state (the lease holder's decisions) as ours."""

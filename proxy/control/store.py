@@ -39,7 +39,10 @@ class VersionConflict(StateError):
 
 
 class StateStore(Protocol):
-    """Rollout state with a version (0: nothing saved yet)."""
+    """Rollout state with a version (0: nothing saved yet). ``shared``: other replicas
+    read and write it too (a decision applies only once it is saved there)."""
+
+    shared: bool
 
     async def load(self) -> tuple[RolloutState | None, int]:
         """The saved state (None if there is none) and its version."""
@@ -73,6 +76,7 @@ class MemoryStore:
 
     def __init__(self, max_events: int = 500) -> None:
         self.max_events = max_events
+        self.shared = False
         self.saved: dict[str, Any] | None = None
         self.version = 0
         self._watchers: list[OnChange] = []
@@ -114,6 +118,7 @@ class FileStore:
                  clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.max_events = max_events
+        self.shared = False
         self.clock = clock or SystemClock()
         self.version = 0  # of the file as last read or written
         self._lock_fd: int | None = None

@@ -305,3 +305,76 @@ def test_an_address_listed_twice_stays_two_endpoints_after_a_reload() -> None:
     a, b = again.pools.balancers[NEW].endpoints
     assert a is not b  # (one of them keeps its old counters, as before this refactor)
     assert {a, b} & set(first.pools.balancers[NEW].endpoints)
+
+
+async def test_with_a_shared_store_nothing_widens_unsaved_but_a_breach_rolls_back_at_once(
+) -> None:
+    saving = asyncio.Event()
+    fail = True
+
+    class Shared(MemoryStore):
+        async def save(self, state: RolloutState, version: int) -> int:
+            await saving.wait()
+            if fail:
+                raise ConnectionError("Redis is away")
+            return await super().save(state, version)
+
+    store = Shared()
+    store.shared = True
+    clock = ManualClock()
+    live = LiveState()
+    rollout = read_rollout(Reader("test", {"name": "r", "tick": "1s", "plan": [
+        {"name": "a", "weight": 10, "duration": "1s",
+         "gates": {"max_error_rate": "1%", "min_requests": 20}},
+        {"name": "full", "weight": 100}]}, "rollout"))
+    assert rollout is not None
+    recorder = Recorder()
+    runner = RolloutRunner(rollout, store, LocalTelemetry(recorder, clock), live, clock,
+                           Lease(True), RolloutState(rollout="r", weight_bp=1000,
+                                                     phase_started=clock.wall()))
+    saving.set()
+    # An operator's advance that cannot be saved changes nothing, here or anywhere.
+    with pytest.raises(StateSaveError, match="not applied"):
+        await runner.act("advance", "op")
+    assert live.new_weight_bp == 1000 and runner.controller.state.phase == 0
+    # The controller's rollback on a breach applies at once, saved or not (the fail-safe),
+    # and is saved once the store answers.
+    saving.clear()
+    for _ in range(200):
+        recorder.variants[NEW].record(500, 1000, True, clock.monotonic())
+    clock.advance(1)
+    runner.step()
+    assert live.new_weight_bp == 0 and str(runner.controller.state.status) == "rolled-back"
+    fail = False
+    saving.set()
+    await until(lambda: (store.read() or RolloutState(rollout="")).weight_bp == 0
+                and store.read() is not None, what="the rollback saved")
+    await runner.stop()
+
+
+async def test_with_a_shared_store_the_leaders_advance_applies_once_saved() -> None:
+    saving = asyncio.Event()
+
+    class Shared(MemoryStore):
+        async def save(self, state: RolloutState, version: int) -> int:
+            await saving.wait()  # Redis taking its time
+            return await super().save(state, version)
+
+    store = Shared()
+    store.shared = True
+    clock = ManualClock()
+    live = LiveState()
+    recorder = Recorder()
+    runner = RolloutRunner(_rollout(), store, LocalTelemetry(recorder, clock), live, clock,
+                           Lease(True), RolloutState(rollout="r", weight_bp=1000,
+                                                     phase_started=clock.wall()))
+    saving.set()
+    await runner.flush()
+    saving.clear()
+    recorder.variants[NEW].record(200, 1000, False, clock.monotonic())
+    clock.advance(2)
+    assert [e.kind for e in runner.step()] == ["advance"]
+    assert live.new_weight_bp == 1000  # decided, not yet saved: traffic stays where it was
+    saving.set()
+    await until(lambda: live.new_weight_bp == 10000, what="the advance applied once saved")
+    await runner.stop()
