@@ -79,8 +79,16 @@ class Controller:
     # -- the step --------------------------------------------------------------
     def tick(self, now: float) -> list[Event]:
         """One decision step; never sleeps, never does I/O."""
+        return self._step(now, decide=True)
+
+    def observe(self, now: float) -> None:
+        """Judge the gates as ``tick`` would, deciding nothing (a replica that does not
+        lead shows the same verdicts as the one that does)."""
+        self._step(now, decide=False)
+
+    def _step(self, now: float, decide: bool) -> list[Event]:
         st = self.state
-        if st.status is Status.ROLLING_BACK:
+        if decide and st.status is Status.ROLLING_BACK:
             self._gradual_step(now)
         new_totals = self.telemetry.totals(NEW)
         delta = new_totals - self._last_new
@@ -90,7 +98,7 @@ class Controller:
         self._cusum_p999 = self._cusum_p999.update(delta.latency_sample, delta.slow_p999)
         if st.status in ACTIVE or st.status is Status.COMPLETE:
             self.findings = self._judge(now, new_totals)
-            verdict = analysis.overall(self.findings)
+            verdict = analysis.overall(self.findings) if decide else None
             if verdict is Verdict.BREACH:
                 self._on_breach(now)
             elif (verdict is Verdict.PASS and st.status is Status.PROGRESSING

@@ -174,6 +174,7 @@ class RolloutRunner:
             if self._leading and self.store.shared and self._saved < self._wanted:
                 self._resync_soon()
             self._leading = False
+            c.observe(now)  # the leader's verdicts, shown here too
             return []
         if not self._leading:  # just took the lease: first read where the last leader left
             if self._taking_over is None:

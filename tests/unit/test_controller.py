@@ -135,6 +135,16 @@ def test_error_fault_rolls_back_in_the_same_tick_with_evidence() -> None:
     assert events[0].evidence["findings"][0]["verdict"] == "breach"
 
 
+def test_observe_judges_like_tick_but_decides_nothing() -> None:
+    c, tel, clock = make()
+    run(c, tel, clock, 600, rps=100, error_rate=0.005)
+    clock.t += 0.25
+    tel.feed(NEW, 25, 20)
+    c.observe(clock.t)  # a replica that does not lead: the same verdict, no rollback
+    assert any(f.verdict == "breach" for f in c.findings)
+    assert status(c) is Status.PROGRESSING and c.weight_bp == 100 and not c.dirty
+
+
 def test_thin_traffic_neither_passes_nor_rolls_back() -> None:
     c, tel, clock = make()
     clock.t += 3 * 3600  # long past the phase duration
