@@ -19,7 +19,8 @@ from enum import StrEnum
 from proxy.cluster.member import REDIS_ERRORS, Member
 from proxy.config.model import Config
 from proxy.control.lease import Lease, SoleLease
-from proxy.control.rollout import RolloutRunner, load_state, open_store, safe_state
+from proxy.control.resume import load_state, open_store, safe_state
+from proxy.control.rollout import RolloutRunner
 from proxy.control.shared_weights import SharedWeights
 from proxy.control.state import StateError
 from proxy.control.store import StateStore
