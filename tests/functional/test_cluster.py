@@ -169,3 +169,42 @@ async def test_manual_weights_without_a_rollout_are_the_clusters(
         assert late.rt.live.new_weight_bp == 7500
     finally:
         await admin.stop()
+
+
+async def test_the_dashboard_lists_members_and_the_leader(
+        redis_server: RedisServer, backends: dict[str, Backend], start_veer: StartVeer) -> None:
+    from tests.functional.test_dashboard import CHROMIUM_ARGS, require_playwright
+    from tests.sysdeps import require_binary
+
+    chromium = require_binary("chromium", "apt-get install chromium")
+    require_playwright()
+    from playwright.async_api import async_playwright, expect
+
+    cfg = rollout_config(backends, PLAN, admin={"listen": "127.0.0.1:0"})
+    servers = await _replicas(start_veer, cfg, redis_server)
+    await until(lambda: _leader(servers) is not None, timeout=10, what="a leader")
+    leader = _leader(servers)
+    assert leader is not None and leader.rt.cluster is not None
+    leader_id = leader.rt.cluster.describe()["self"]
+    admin = AdminServer(servers[1].rt, token=TOKEN, token_from_config=False)
+    await admin.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{admin.port}/ui")
+                await expect(page.locator("#cluster-card")).to_be_visible(timeout=10_000)
+                rows = page.locator("#cluster-members tr")
+                await expect(rows).to_have_count(2, timeout=10_000)
+                await expect(page.locator("#cluster-members tr[data-member=b]")).to_contain_text(
+                    "(this)")
+                await expect(page.locator(f"#cluster-members tr[data-member={leader_id}]")
+                             ).to_contain_text("leader")
+                await expect(page.locator("#cluster-note")).to_contain_text(
+                    f"shop \u00b7 leader {leader_id}")
+                await expect(page.locator("#cluster-members")).to_contain_text("s ago")
+            finally:
+                await browser.close()
+    finally:
+        await admin.stop()
