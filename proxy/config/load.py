@@ -205,6 +205,9 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     r.done()
+    if cluster is not None and state.path is not None:
+        raise ConfigError(source, "state.path", state.path,
+                          "no state file with cluster: (the rollout state lives in Redis)")
     if limits.max_header_bytes < 1024:
         raise ConfigError(source, "limits.max_header_bytes", limits.max_header_bytes,
                           "at least 1024 bytes")

@@ -324,6 +324,9 @@ ERRORS: list[tuple[str, dict[str, Any], str, object, str]] = [
     ("cluster unreachable", with_("cluster", {"redis": "redis://h:1", "name": "c",
                                               "on_unreachable": "guess"}),
      "cluster.on_unreachable", "guess", "safe or refuse"),
+    ("cluster and a state file", {**with_("cluster", {"redis": "redis://h:1", "name": "c"}),
+                                  "state": {"path": "s.json"}},
+     "state.path", "s.json", "no state file with cluster"),
     ("cluster unknown key", with_("cluster", {"redis": "redis://h:1", "name": "c", "x": 1}),
      "cluster.x", 1, "known: id, lease, name, on_unreachable, redis"),
 ]
