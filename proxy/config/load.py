@@ -268,7 +268,7 @@ def _upgrade_tokens(value: Any) -> frozenset[str]:
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (the ``Config`` keeps the text it came from)."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -276,6 +276,12 @@ def load(path: str | Path) -> Config:
         raise ConfigError(name, "", None, f"a readable file ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(name, "", None, "UTF-8 text") from None
+    return parse(text, name)
+
+
+def parse(text: str, name: str) -> Config:
+    """Validate YAML ``text`` read from ``name`` (a supervisor's workers run exactly the text
+    it validated, whatever the file says by then)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -284,4 +290,4 @@ def load(path: str | Path) -> Config:
         raise ConfigError(name, "", where, f"valid YAML ({getattr(exc, 'problem', exc)})") from None
     except Exception as exc:  # PyYAML's constructors leak these: 2001-02-30, !!int x, ...
         raise ConfigError(name, "", None, f"valid YAML ({type(exc).__name__}: {exc})") from None
-    return from_dict(data, name)
+    return dataclasses.replace(from_dict(data, name), text=text)

@@ -170,10 +170,14 @@ class Config:
     upgrades: frozenset[str] = frozenset({"websocket"})
     workers: int = 1  # processes on this host sharing the listener
     cluster: Cluster | None = None
+    # The YAML it was read from: where the config came from, not a setting (not compared,
+    # not shown by to_dict); a supervisor hands it to its workers.
+    text: str = dataclasses.field(default="", compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data (for ``veer check``)."""
         plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        del plain["text"]
         if self.rollout is not None:
             plain["rollout"]["phases"] = describe(self.rollout)  # the expanded plan
         return plain

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxy.config.load import load
+from proxy.config.load import load, parse
 from proxy.config.model import Config
 from proxy.control.state import Event
 from proxy.http.plane import Snapshot
@@ -29,16 +29,18 @@ class ReloadError(Exception):
 
 def _changed(old: Config, new: Config) -> list[str]:
     return [f.name for f in dataclasses.fields(Config)
-            if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+            if f.name not in ("source", "text") and getattr(old, f.name) != getattr(new, f.name)]
 
 
-def reload(rt: Runtime, path: str | None = None) -> list[str]:
-    """Re-read the config file and apply it; returns the top-level keys that changed.
+def reload(rt: Runtime, path: str | None = None, text: str | None = None) -> list[str]:
+    """Re-read the config file (or take ``text``, a supervisor's) and apply it; returns the
+    top-level keys that changed.
 
     Raises ``ConfigError`` (invalid file) or ``ReloadError`` (a key that needs a
     restart); in both cases nothing has changed.
     """
-    new = load(path or rt.config.source)
+    source = path or rt.config.source
+    new = load(source) if text is None else parse(text, source)
     old = rt.config
     changed = _changed(old, new)
     fixed = [k for k in changed if k in FIXED]
@@ -51,10 +53,11 @@ def reload(rt: Runtime, path: str | None = None) -> list[str]:
     return changed
 
 
-def reload_recorded(rt: Runtime, actor: str, path: str | None = None) -> list[str]:
+def reload_recorded(rt: Runtime, actor: str, path: str | None = None,
+                    text: str | None = None) -> list[str]:
     """``reload``, leaving an event (saved and sent to webhooks with a rollout): the one
     path for SIGHUP and the admin API."""
-    changed = reload(rt, path)
+    changed = reload(rt, path, text)
     rt.journal.record(Event(rt.clock.wall(), "reload", "", rt.config.source,
                             ", ".join(changed) or "no changes", actor))
     for hook in rt.reload_hooks:  # a supervisor's workers reload too

@@ -34,10 +34,14 @@ class Channel:
             self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     async def receive(self) -> dict[str, Any] | None:
-        """The next message; None once the peer has gone. ValueError on a malformed one."""
+        """The next message; None once the peer has gone (a reset too: a peer that died
+        with our messages unread). ValueError on a malformed or oversized one, after which
+        the channel cannot be trusted: close it."""
         try:
             line = await self.reader.readline()
-        except (ConnectionError, asyncio.LimitOverrunError) as exc:
+        except ConnectionError:
+            return None
+        except (asyncio.LimitOverrunError, ValueError) as exc:
             raise ValueError(f"unreadable message: {exc}") from None
         if not line:
             return None

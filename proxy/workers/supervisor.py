@@ -42,6 +42,7 @@ class _Slot:
     index: int
     proc: asyncio.subprocess.Process | None = None
     channel: Channel | None = None
+    serving: bool = False  # it has reported: it is past its start-up and accepting
     task: asyncio.Task[None] | None = None
     backoff: float = FIRST_BACKOFF
 
@@ -63,7 +64,8 @@ class Supervisor:
     @property
     def alive(self) -> int:
         """Workers running now."""
-        return sum(1 for s in self.slots if s.proc is not None and s.proc.returncode is None)
+        return sum(1 for s in self.slots
+                   if s.serving and s.proc is not None and s.proc.returncode is None)
 
     @property
     def restarts(self) -> int:
@@ -78,6 +80,8 @@ class Supervisor:
 
     async def start(self) -> None:
         """Bind, then start every worker (the listener queues connections meanwhile)."""
+        if not self.rt.config.text:
+            raise RuntimeError("workers run the config's text: load the config from a file")
         listen = self.rt.config.listen
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         self.listener = socket.create_server((listen.host, listen.port), family=family,
@@ -96,12 +100,15 @@ class Supervisor:
         fds = (self.listener.fileno(), child.fileno())
         try:
             slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy.workers.worker", self.rt.config.source,
-                str(fds[0]), str(fds[1]), str(slot.index), pass_fds=fds)
+                sys.executable, "-m", "proxy.workers.worker", str(fds[0]), str(fds[1]),
+                str(slot.index), pass_fds=fds)
         finally:
             child.close()
+        slot.serving = False
         slot.channel = await Channel.open(parent)
-        slot.channel.send({"live": self.rt.live.to_wire()})
+        config = self.rt.config  # the one running here, not whatever the file says now
+        slot.channel.send({"config": {"text": config.text, "source": config.source},
+                           "live": self.rt.live.to_wire()})
         slot.task = asyncio.get_running_loop().create_task(
             self._follow(slot, slot.proc, slot.channel), name=f"veer-worker-{slot.index}")
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
@@ -115,14 +122,17 @@ class Supervisor:
         while True:
             try:
                 message = await channel.receive()
-            except ValueError as exc:
-                log.error("worker %d: %s", slot.index, exc)
-                continue
+            except ValueError as exc:  # the stream cannot be trusted: start a fresh worker
+                log.error("worker %d: %s; stopping it", slot.index, exc)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                break
             if message is None:
                 break
             raw = message.get("report")
             if raw is None:
                 continue
+            slot.serving = True
             try:
                 report = Report.from_wire(raw)
             except (ValueError, KeyError, TypeError) as exc:
@@ -155,9 +165,10 @@ class Supervisor:
                 slot.channel.send(message)
 
     def _reload_workers(self) -> None:
+        text = self.rt.config.text  # what the supervisor validated and now runs
         for slot in self.slots:
             if slot.channel is not None:
-                slot.channel.send({"reload": True})
+                slot.channel.send({"reload": text})
 
     async def stop(self, timeout: float) -> bool:
         """SIGTERM every worker (each drains), wait up to ``timeout`` plus a margin, kill
@@ -167,6 +178,10 @@ class Supervisor:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+        if self.listener is not None:
+            # Our copy would keep the socket listening after every worker closed theirs:
+            # connections would queue where nobody accepts them. New ones are refused.
+            self.listener.close()
         clean = True
         if procs:
             _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
@@ -183,7 +198,5 @@ class Supervisor:
             await cancel(slot.task)
             if slot.channel is not None:
                 slot.channel.close()
-        if self.listener is not None:
-            self.listener.close()
         self.rt.live.on_change = None
         return clean

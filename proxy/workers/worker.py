@@ -1,11 +1,12 @@
 """One worker process: serves on its supervisor's listener and does what it is told.
 
-Started by ``Supervisor`` as ``python -m proxy.workers.worker CONFIG LISTEN_FD
-CHANNEL_FD INDEX``. It applies the live state it is sent (the first message
-arrives before it accepts anything, so its first request already has the
-host's weights), reloads when asked, reports every tick, and drains on
-SIGTERM or when its supervisor goes away. It runs no rollout: the
-supervisor decides for the host.
+Started by ``Supervisor`` as ``python -m proxy.workers.worker LISTEN_FD
+CHANNEL_FD INDEX``. Its first message carries the config text the supervisor
+runs and the live state, before it accepts anything: its first request has
+the host's config and weights, whatever the file on disk says by then. It
+applies the live state it is sent, reloads with the text it is sent, reports
+every tick, and drains on SIGTERM or when its supervisor goes away. It runs
+no rollout: the supervisor decides for the host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 import uvloop
 
-from proxy.config.load import load
+from proxy.config.load import parse
 from proxy.config.reader import ConfigError
 from proxy.runtime.reload import ReloadError, reload_recorded
 from proxy.runtime.server import ProxyServer, Role
@@ -34,14 +35,14 @@ log = logging.getLogger("veer.worker")
 REPORT_EVERY = 0.25  # seconds: the supervisor's controller ticks on what it has
 
 
-async def serve(config_path: str, listen_fd: int, channel_fd: int, index: int) -> int:
+async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
     """Serve until SIGTERM or the supervisor's end of the channel closes."""
-    config = load(config_path)
     channel = await Channel.open(socket.socket(fileno=channel_fd))
     first = await channel.receive()
-    if first is None or "live" not in first:
-        log.error("worker %d: no live state from the supervisor; exiting", index)
+    if first is None or "live" not in first or "config" not in first:
+        log.error("worker %d: no config and live state from the supervisor; exiting", index)
         return 1
+    config = parse(first["config"]["text"], first["config"]["source"])
     proxy = ProxyServer(config, sock=socket.socket(fileno=listen_fd), role=Role.WORKER)
     rt = proxy.rt
     rt.live.take(first["live"])
@@ -75,9 +76,9 @@ async def serve(config_path: str, listen_fd: int, channel_fd: int, index: int) -
                 return
             if "live" in message:
                 rt.live.take(message["live"])
-            if message.get("reload"):
+            if "reload" in message:
                 try:
-                    reload_recorded(rt, "supervisor")
+                    reload_recorded(rt, "supervisor", text=message["reload"])
                 except (ConfigError, ReloadError) as exc:
                     log.error("worker %d: reload refused: %s", index, exc)
 
@@ -104,8 +105,8 @@ def main(argv: list[str]) -> int:
     """Process entry point."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config_path, listen_fd, channel_fd, index = argv
-    return uvloop.run(serve(config_path, int(listen_fd), int(channel_fd), int(index)))
+    listen_fd, channel_fd, index = argv
+    return uvloop.run(serve(int(listen_fd), int(channel_fd), int(index)))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from tests.ports import free_port as free_port  # the reliability tests take it 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
-# Demo backends (original, then new) on the given ports in one uvloop process, with a listen
-# backlog large enough that veer's burst of upstream connects is never dropped.
+# Demo backends on the given NAME:PORT pairs in one uvloop process, with a listen backlog
+# large enough that veer's burst of upstream connects is never dropped.
 BACKEND_SCRIPT = """
 import asyncio, signal, sys
 import uvloop
@@ -27,7 +27,7 @@ from admin.demo.backend import make_app
 
 async def main(ports):
     runners = []
-    for name, port in zip(("original", "new"), ports):
+    for name, port in ports:
         runner = web.AppRunner(make_app(name), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
@@ -40,7 +40,7 @@ async def main(ports):
     for runner in runners:
         await runner.cleanup()
 
-uvloop.run(main([int(p) for p in sys.argv[1:]]))
+uvloop.run(main([(a.split(":")[0], int(a.split(":")[1])) for a in sys.argv[1:]]))
 """
 
 
@@ -91,8 +91,9 @@ def run_backends() -> Iterator[Backends]:
     ports = Backends(free_port(), free_port())
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port in (ports.original, ports.new):
-            procs.append(subprocess.Popen([sys.executable, "-c", BACKEND_SCRIPT, str(port)],
+        for name, port in (("original", ports.original), ("new", ports.new)):
+            procs.append(subprocess.Popen([sys.executable, "-c", BACKEND_SCRIPT,
+                                           f"{name}:{port}"],
                                           cwd=ROOT, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
             wait_port(port, procs[-1], "a backend process")
