@@ -39,6 +39,7 @@ STREAM_LENGTH = 20_000  # reports kept (approximately): minutes of a few replica
 QUEUED = 2_000  # reports held while Redis is away
 GONE_AFTER = 10.0  # seconds without a report: a member is no longer listed
 REDIS_ERRORS = (aioredis.RedisError, OSError)
+READ_EVERY = 0.02  # seconds between reads of the stream while it has nothing new
 
 
 def member_id(cfg: Cluster) -> str:
@@ -147,11 +148,16 @@ class Member:
                 if last == "$":  # start at the newest entry: counters are cumulative
                     newest: Any = await self.client.xrevrange(self.stream, count=1)
                     last = newest[0][0].decode() if newest else "0-0"
-                got: Any = await self.client.xread({self.stream: last}, count=1000, block=100)
+                # Not XREAD BLOCK: a stop that cancels us mid-command could wait on the
+                # client's cleanup forever (seen under uvloop); polling costs one
+                # round trip per READ_EVERY.
+                got: Any = await self.client.xread({self.stream: last}, count=1000)
                 for _, entries in got:
                     for entry_id, fields in entries:
                         last = entry_id.decode()
                         self._ingest(fields.get(b"r"))
+                if not got:
+                    await asyncio.sleep(READ_EVERY)
                 if self.clock.monotonic() - refreshed >= 1.0:
                     refreshed = self.clock.monotonic()
                     await self._refresh_members()
@@ -188,7 +194,10 @@ class Member:
         """``{"name", "self", "leader", "members": [...]}``: leader null while unknown or
         while Redis is unreachable."""
         held = self.lease.held(self.clock.wall())
-        leader = self.id if held else (self.lease.leader if self.reachable else None)
+        seen = self.lease.leader if self.reachable else None
+        # Never ourselves unless held now: a replica woken past its lease is not the leader,
+        # whatever it last saw.
+        leader = self.id if held else (None if seen == self.id else seen)
         members = [{**m, "leader": m["id"] == leader} for m in self._members]
         return {"name": self.cfg.name, "self": self.id, "leader": leader,
                 "redis_reachable": self.reachable, "epoch": self.lease.newest_epoch,

@@ -70,8 +70,11 @@ class RolloutRunner:
         self._taking_over: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None  # lost the lease with unsaved changes
         store.watch(self._changed_elsewhere)
-        self.controller.dirty = True  # write the state we start from
-        self._after([])
+        if store.shared and version > 0:
+            self.apply()  # the cluster's state, as saved: nothing to write
+        else:
+            self.controller.dirty = True  # write the state we start from (shared: the
+            self._after([])               # leader writes it, then every replica applies it)
 
     @property
     def events(self) -> list[Event]:
@@ -312,4 +315,7 @@ class RolloutRunner:
             return
         if state is not None and version >= self._version:
             self._take(state, version)
+        elif state is None:  # nothing shared yet (a fresh cluster, or Redis lost it): ours
+            self.controller.dirty = True
+            self._after([])
         self.controller.resume_phase(self.clock.wall())  # judge from here, not stale bases
