@@ -124,7 +124,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded, not draining, and original has a usable endpoint."""
+    """Ready when the config is loaded, not draining, original has a usable endpoint, and
+    (with workers) at least one worker serves."""
     rt = request.app[RUNTIME]
     usable = rt.snapshot.pools.balancers[ORIGINAL].usable_count(rt.loop.time())
     problems = []
@@ -132,6 +133,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("draining")
     if usable == 0:
         problems.append("no usable endpoint in original")
+    if rt.workers is not None and rt.workers.alive == 0:
+        problems.append("no worker serving yet")
     body = {"ready": not problems, "problems": problems, "original_usable_endpoints": usable,
             "config": rt.config.source}
     return web.json_response(body, status=503 if problems else 200)

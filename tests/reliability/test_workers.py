@@ -765,3 +765,23 @@ async def test_workers_auto_is_one_per_cpu(start_veer: StartVeer) -> None:
             return bool((await status(s, veer))["workers"]["alive"] == cpus)
 
         await until(all_alive, timeout=15, interval=0.05, what=f"{cpus} workers serving")
+
+
+# -- 7. readiness ----------------------------------------------------------------------------
+async def test_ready_only_once_a_worker_serves(start_veer: StartVeer) -> None:
+    """/readyz must not send traffic to a host whose workers are still starting (each takes
+    about a second of imports): 503 "no worker serving yet" until one reports."""
+    veer = await start_veer()
+    seen: list[tuple[int, list[str]]] = []
+    async with aiohttp.ClientSession() as s:
+
+        async def ready() -> bool:
+            async with s.get(f"{veer.admin_url}/readyz", timeout=ADMIN_TIMEOUT) as r:
+                seen.append((r.status, (await r.json())["problems"]))
+                return r.status == 200
+
+        await until(ready, timeout=20, interval=0.02, what="/readyz to say ready")
+    # Polled from the moment the admin port accepts, long before a worker has imported.
+    assert (503, ["no worker serving yet"]) in seen, seen[:3]
+    served, _ = await exchange(veer, veer.user(), timeout=2)  # ready means it answers now
+    assert served.status == 200
