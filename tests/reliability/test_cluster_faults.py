@@ -266,7 +266,9 @@ async def test_redis_stopped_replicas_serve_on_last_known_weights_and_converge_a
     # And the cluster decides again: an advance now applies everywhere.
     code, body = await cluster.post(leader, "/rollout/advance")
     assert code == 200, body
-    await cluster.all_show(lambda s: rollout_of(s) == ("progressing", 2, "full", 100.0),
+    # The last phase has no gates or duration: the next tick may complete it at once.
+    await cluster.all_show(lambda s: rollout_of(s)[1:] == (2, "full", 100.0)
+                           and rollout_of(s)[0] in ("progressing", "complete"),
                            what="every replica at full")
 
 

@@ -39,6 +39,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deadline import until, until_sync
+from tests.ports import accepts
 from tests.reliability.processes import (
     HOST,
     ROOT,
@@ -136,12 +137,7 @@ StartVeer = Callable[..., Awaitable[Veer]]
 async def _accepting(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     async def up() -> bool:
         assert proc.poll() is None, "veer exited:\n" + log.read_text(errors="replace")[-3000:]
-        try:
-            _, w = await asyncio.open_connection(HOST, port)
-        except OSError:
-            return False
-        w.close()
-        return True
+        return await accepts(port)
 
     await until(up, timeout=20, interval=0.05, what=f"veer to listen on {port}")
 
