@@ -20,6 +20,7 @@ from proxy.control.rollout import StateSaveError
 
 TOKEN = web.AppKey("token", str)
 MAX_BODY = 16 * 1024
+EVENTS_MAX_BODY = 2 * 1024 * 1024  # a batch of outcome events (POST /experiments/*/events)
 
 
 class ApiError(Exception):
@@ -62,7 +63,8 @@ async def errors(request: web.Request,
         return web.json_response({"error": "state not saved", "detail": str(exc)}, status=503)
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": "body too large",
-                                  "detail": f"at most {MAX_BODY} bytes"}, status=413)
+                                  "detail": f"at most {EVENTS_MAX_BODY} bytes"},
+                                 status=413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -88,14 +90,17 @@ def authorise(request: web.Request) -> str:
     return actor if actor.isprintable() and actor else "admin"
 
 
-async def read_body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object in the body, of at most ``limit`` bytes."""
     if not request.can_read_body:
         return {}
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported media type", "send application/json")
+    if (request.content_length or 0) > limit:
+        raise ApiError(413, "body too large", f"at most {limit} bytes")
     raw = await request.read()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "body too large", f"at most {MAX_BODY} bytes")
+    if len(raw) > limit:
+        raise ApiError(413, "body too large", f"at most {limit} bytes")
     try:
         body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
     except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep

@@ -23,6 +23,7 @@ from admin import views
 from admin.metrics import render
 from admin.openapi import SPEC
 from admin.requests import (
+    EVENTS_MAX_BODY,
     ApiError,
     authorise,
     field,
@@ -31,6 +32,8 @@ from admin.requests import (
 )
 from proxy.config.reader import ConfigError
 from proxy.config.units import parse_duration, parse_percent_bp
+from proxy.control.experiments import ExperimentRunner
+from proxy.control.metric_events import MAX_EVENTS
 from proxy.control.state import Event
 from proxy.routing.variant import ORIGINAL
 from proxy.runtime.reload import ReloadError, reload_recorded
@@ -243,6 +246,49 @@ async def post_reload(request: web.Request) -> web.Response:
     return web.json_response({"reloaded": True, "changed": changed, "config": rt.config.source})
 
 
+# -- experiments ------------------------------------------------------------------
+def _experiment(request: web.Request) -> ExperimentRunner:
+    rt = request.app[RUNTIME]
+    name = request.match_info["name"]
+    if rt.experiment is None or rt.experiment.exp.name != name:
+        known = [rt.experiment.exp.name] if rt.experiment is not None else []
+        raise ApiError(404, "not found", f"no experiment {name!r} (configured: {known})")
+    return rt.experiment
+
+
+async def get_experiments(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.json_response({"experiments": views.experiments(rt)})
+
+
+async def get_experiment_results(request: web.Request) -> web.Response:
+    runner = _experiment(request)
+    rt = request.app[RUNTIME]
+    history = request.query.get("history", "false")
+    if history not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad query", "history must be true or false")
+    body = _cached(request, "experiment", lambda: views.experiment_results(rt, runner))
+    if history in ("true", "1"):
+        data = json.loads(body.body)  # type: ignore[arg-type]
+        data["history"] = [p.to_dict() for p in runner.history]
+        return web.json_response(data)
+    return body
+
+
+async def post_experiment_events(request: web.Request) -> web.Response:
+    """``{"events": [{"user", "metric", "value"}, ...]}``: outcomes attributed per user."""
+    authorise(request)
+    _experiment(request)
+    body = await read_body(request, EVENTS_MAX_BODY)
+    only(body, ("events",))
+    events = field(body, "events", (list,), required=True)
+    if len(events) > MAX_EVENTS:
+        raise ApiError(413, "too many events", f"at most {MAX_EVENTS} per request")
+    done = request.app[RUNTIME].record_events(events)
+    request.app[CACHE].clear()
+    return web.json_response(done.to_dict(), status=200 if done.rejected == 0 else 202)
+
+
 def add_routes(app: web.Application) -> None:
     """Every route of the admin API on ``app``."""
     r = app.router
@@ -259,3 +305,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/rollout/rollback", post_rollback)
     r.add_post("/reload", post_reload)
     r.add_post("/rollout/{action}", post_action)
+    r.add_get("/experiments", get_experiments)
+    r.add_get("/experiments/{name}/results", get_experiment_results)
+    r.add_post("/experiments/{name}/events", post_experiment_events)

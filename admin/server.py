@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from admin.metrics import build_registry
-from admin.requests import MAX_BODY, TOKEN, errors, load_token
+from admin.requests import EVENTS_MAX_BODY, TOKEN, errors, load_token
 from admin.routes import CACHE, REGISTRY, RUNTIME, STARTED, add_routes
 from admin.wire_errors import JsonErrorRunner
 from proxy.config.net import is_loopback
@@ -17,7 +17,7 @@ from proxy.runtime.runtime import Runtime
 
 def build_app(rt: Runtime, token: str | None) -> web.Application:
     """The admin application for one runtime."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
+    app = web.Application(client_max_size=EVENTS_MAX_BODY, middlewares=[errors])
     app[RUNTIME] = rt
     app[REGISTRY] = build_registry(rt)
     app[STARTED] = time.time()

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from proxy.control import analysis
+from proxy.control.experiments import ExperimentRunner, results
 from proxy.control.state import Event
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
@@ -98,3 +99,24 @@ def events(all_events: list[Event], kind: str | None, actor: str | None, since: 
     more = offset + limit < len(picked)
     return {"events": [e.to_dict() for e in page], "total": len(picked),
             "next_offset": offset + limit if more else None}
+
+
+def experiment_results(rt: Runtime, runner: ExperimentRunner) -> dict[str, Any]:
+    """``GET /experiments/{name}/results``: computed now from the merged outcomes."""
+    return results(runner.exp, rt.view.outcomes, max(0.0, rt.clock.wall() - runner.started))
+
+
+def experiments(rt: Runtime) -> list[dict[str, Any]]:
+    """``GET /experiments``: each configured experiment, its split, metrics and decision."""
+    runner = rt.experiment
+    if runner is None:
+        return []
+    exp = runner.exp
+    outcomes = rt.view.outcomes
+    return [{"name": exp.name, "split": exp.split_bp / 100,
+             "metrics": [{"name": m.name, "type": m.type, "source": m.source, "goal": m.goal,
+                          "role": m.role} for m in exp.metrics],
+             "units": {v: len(outcomes.units[v]) for v in VARIANTS},
+             "started": runner.started,
+             "decision": runner.decision or "keep running",
+             "results": f"/experiments/{exp.name}/results"}]

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.config.experiment import read_experiment
 from proxy.config.model import (
     ANONYMOUS_MODES,
     BALANCE_POLICIES,
@@ -204,7 +205,16 @@ def from_dict(data: object, source: str = "<config>") -> Config:
                      "a list of Upgrade protocol names, e.g. [websocket]")
     workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
+    experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
     r.done()
+    if experiment is not None:
+        if rollout is not None:
+            raise ConfigError(source, "rollout", "(present)", "no rollout with experiment: "
+                              "(an experiment holds its split fixed; run the rollout after it)")
+        if w.data:
+            raise ConfigError(source, "weights", w.data, "no weights with experiment: "
+                              f"(experiment.split sets them: new = {experiment.split_bp / 100:g})")
+        new_bp = experiment.split_bp
     if cluster is not None and state.path is not None:
         raise ConfigError(source, "state.path", state.path,
                           "no state file with cluster: (the rollout state lives in Redis)")
@@ -214,7 +224,8 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     return Config(source=source, original=original, new=new, listen=listen, admin=admin,
                   routing=routing, new_weight_bp=new_bp, timeouts=timeouts, limits=limits,
                   health=health, connect_retries=retries, recording=recording, rollout=rollout,
-                  state=state, upgrades=upgrades, workers=workers, cluster=cluster)
+                  state=state, upgrades=upgrades, workers=workers, cluster=cluster,
+                  experiment=experiment)
 
 
 def _workers(value: Any) -> int:

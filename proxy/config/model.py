@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config.experiment import Experiment
 from proxy.config.plan import Rollout, StateConfig, describe
 
 KEY_SOURCES = ("header", "cookie", "query")
@@ -170,6 +171,7 @@ class Config:
     upgrades: frozenset[str] = frozenset({"websocket"})
     workers: int = 1  # processes on this host sharing the listener
     cluster: Cluster | None = None
+    experiment: Experiment | None = None
     # The YAML it was read from: where the config came from, not a setting (not compared,
     # not shown by to_dict); a supervisor hands it to its workers.
     text: str = dataclasses.field(default="", compare=False, repr=False)

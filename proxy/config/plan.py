@@ -7,10 +7,12 @@ same list of phases a hand-written plan gives.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config.experiment import MetricGate, read_metric_gates
 from proxy.config.hooks import Hook
 from proxy.config.reader import (
     DUR,
@@ -42,11 +44,13 @@ class Gates:
     min_requests: int = 100
     max_error_rate_increase: float | None = None  # absolute, over original's rate
     max_latency_increase: float | None = None  # relative to original's median, e.g. 0.1
+    metrics: tuple[MetricGate, ...] = ()  # gates on any metric (header, events, Prometheus)
 
     @property
     def empty(self) -> bool:
-        return all(v is None for v in (self.max_error_rate, self.max_p99, self.max_p999,
-                                       self.max_error_rate_increase, self.max_latency_increase))
+        return not self.metrics and all(
+            v is None for v in (self.max_error_rate, self.max_p99, self.max_p999,
+                                self.max_error_rate_increase, self.max_latency_increase))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,9 @@ def _seconds(value: Any) -> float:
 
 def read_gates(r: Reader) -> Gates:
     """The ``gates:`` mapping of a phase (or of a preset)."""
-    return read_flat(r, Gates(), {
+    metrics = read_metric_gates(r, r.data["metrics"]) if r.has("metrics") else ()
+    r.used.add("metrics")
+    gates = read_flat(r, Gates(), {
         "max_error_rate": (_rate, RATE_FORM),
         "max_p99": (_seconds, TIME_FORM),
         "max_p999": (_seconds, TIME_FORM),
@@ -107,6 +113,7 @@ def read_gates(r: Reader) -> Gates:
         "max_error_rate_increase": (_rate, RATE_FORM),
         "max_latency_increase": (_rate, "a relative increase such as 10% or 0.1"),
     })
+    return dataclasses.replace(gates, metrics=metrics)
 
 
 def _read_phase(r: Reader, index: int, default_gates: Gates) -> Phase:
@@ -288,7 +295,8 @@ def describe(rollout: Rollout) -> list[dict[str, Any]]:
             "name": p.name, "weight": p.weight_bp / 100, "duration_s": p.duration,
             "approval": p.approval, "on_breach": p.on_breach,
             "gates": {k: getattr(g, k) for k in Gates.__dataclass_fields__
-                      if getattr(g, k) is not None},
+                      if getattr(g, k) is not None and k != "metrics"}
+            | ({"metrics": [dataclasses.asdict(m) for m in g.metrics]} if g.metrics else {}),
             **({"allow_users": sorted(p.allow_users)} if p.allow_users else {}),
             **({"allow_groups": sorted(p.allow_groups)} if p.allow_groups else {}),
         })

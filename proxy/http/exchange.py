@@ -268,6 +268,8 @@ class Exchange:
                 cfg.cookie_name.encode(), decision.set_cookie.encode(), cfg.cookie_max_age)
         close = self.close_client or not req.keep_alive or self.rt.draining
         resp = response_head(status, headers, req, extra, close)
+        if resp.metrics is not None and decision is not None and self.rt.outcomes.active:
+            self.rt.outcomes.header(self.variant, decision.user, resp.metrics)
         self.chunked = resp.chunked
         self.resp_close_delimited = resp.upstream_close_delimited
         self.close_client = resp.close_client
@@ -428,12 +430,19 @@ class Exchange:
 
     def _record(self) -> None:
         """Latency is arrival at veer to the end of the response (or of the failure)."""
-        if not self.snap.recording:
+        outcomes = self.rt.outcomes
+        if not self.snap.recording and not outcomes.active:
             return
         now = time.monotonic()  # the clock req.arrival was read from (see inbound)
-        c = self.rt.recorder.variants[self.variant]
+        latency_us = int((now - self.req.arrival) * 1_000_000)
         status = self.status if 100 <= self.status < 600 else 0
-        c.record(status, int((now - self.req.arrival) * 1_000_000), self.failed, now)
+        if outcomes.active and self.decision is not None:
+            outcomes.request(self.variant, self.decision.user, latency_us,
+                             self.failed or status >= 500 or status == 0)
+        if not self.snap.recording:
+            return
+        c = self.rt.recorder.variants[self.variant]
+        c.record(status, latency_us, self.failed, now)
         body = self.req.body
         if body is not None:
             c.bytes_in += body.received

@@ -14,7 +14,8 @@ from typing import NamedTuple
 from proxy.http.request import Headers, Request
 from proxy.wire import h1
 
-_DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING
+METRIC_HEADER = b"veer-metric"  # a backend's per-user metric values, never for the client
+_DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING | {METRIC_HEADER}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name nothing beyond hop-by-hop
 
 
@@ -71,6 +72,7 @@ class ResponseHead(NamedTuple):
     chunked: bool  # veer chunk-encodes the body for the client
     upstream_close_delimited: bool  # the upstream body ends when it closes
     close_client: bool  # the client connection closes after this response
+    metrics: bytes | None = None  # the backend's veer-metric values (removed from the head)
 
 
 def response_head(status: int, headers: Headers, req: Request, extra: bytes,
@@ -83,6 +85,7 @@ def response_head(status: int, headers: Headers, req: Request, extra: bytes,
     length: bytes | None = None
     conn_values: list[bytes] | None = None
     upstream_chunked = False
+    metrics: bytes | None = None
     out: list[bytes] = [h1.STATUS_LINES.get(status) or h1.status_line(status)]
     # One pass, one lower() per header: framing and hop-by-hop are read, the rest copied.
     for name, value in headers:
@@ -96,6 +99,8 @@ def response_head(status: int, headers: Headers, req: Request, extra: bytes,
                 if conn_values is None:
                     conn_values = []
                 conn_values.append(value)
+            elif lname == METRIC_HEADER:
+                metrics = value if metrics is None else metrics + b"," + value
         else:
             out += (name, b": ", value, b"\r\n")
     if conn_values is not None:
@@ -126,4 +131,4 @@ def response_head(status: int, headers: Headers, req: Request, extra: bytes,
             out.append(b"connection: keep-alive\r\n")
     out.append(b"\r\n")
     close_delimited = has_body and length is None and not upstream_chunked
-    return ResponseHead(b"".join(out), chunked, close_delimited, close_client)
+    return ResponseHead(b"".join(out), chunked, close_delimited, close_client, metrics)

@@ -22,6 +22,7 @@ from proxy.config.model import Config, Limits, Timeouts
 from proxy.http.fairness import ClientTable
 from proxy.routing.live import LiveState
 from proxy.routing.router import Router
+from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.recorder import Recorder
 from proxy.timing.sweeper import Sweeper
 from proxy.upstream.connection import ReadBuffer
@@ -50,6 +51,29 @@ class Snapshot:
                         config.upgrades)
 
 
+def metric_sources(config: Config) -> dict[str, set[str]]:
+    """The metrics the config names (experiment and metric gates), by source."""
+    out: dict[str, set[str]] = {}
+    if config.experiment is not None:
+        for m in config.experiment.metrics:
+            out.setdefault(m.source, set()).add(m.name)
+    if config.rollout is not None:
+        for phase in config.rollout.phases:
+            for g in phase.gates.metrics:
+                out.setdefault(g.source, set()).add(g.name)
+    return out
+
+
+def configure_outcomes(outcomes: Outcomes, config: Config) -> None:
+    """Keep what the config's experiment and metric gates need, and nothing else."""
+    sources = metric_sources(config)
+    per_user = sources.keys() - {"prometheus"}
+    outcomes.configure(sources.get("header", ()), sources.get("traffic", ()),
+                       active=config.experiment is not None or bool(per_user),
+                       max_users=config.experiment.max_users if config.experiment else
+                       outcomes.max_users)
+
+
 class Drainable(Protocol):
     """An open client connection, as drain and stop see it."""
 
@@ -65,6 +89,8 @@ class DataPlane:
         self.snapshot = Snapshot.build(config)
         self.live = LiveState(config.new_weight_bp)
         self.recorder = Recorder(config.recording.window)
+        self.outcomes = Outcomes()
+        configure_outcomes(self.outcomes, config)
         self.clients = ClientTable()
         self.connections: set[Drainable] = set()
         self.read_buffer = ReadBuffer()  # where every upstream read lands (see upstream)
@@ -82,6 +108,7 @@ class DataPlane:
         """Make ``snapshot`` current: every request that begins after this reads it."""
         previous, self.snapshot = self.snapshot, snapshot
         snapshot.pools.retire(previous.pools)
+        configure_outcomes(self.outcomes, snapshot.config)
 
 
 class _IdleJanitor:

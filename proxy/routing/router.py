@@ -63,6 +63,14 @@ class Router:
         """Users kept on original by the config and at run time."""
         return self._deny_users | live.deny_users
 
+    def variant_of(self, user: str, live: LiveState) -> Variant:
+        """Where a request from ``user`` with no groups and no force would go now."""
+        if user in self._allow_users or user in live.allow_users:
+            return NEW
+        if user in self._deny_users or user in live.deny_users:
+            return ORIGINAL
+        return choose(bucket(self.cfg.salt, user), live.new_weight_bp)
+
     def route(self, headers: Mapping[bytes, bytes], query: bytes, client_ip: str,
               live: LiveState) -> Decision:
         """Decide the variant: force (opt-in), allow-list, deny-list, then the weighted bucket.

@@ -20,7 +20,7 @@ from proxy.control.state import Event
 from proxy.http.plane import Snapshot
 from proxy.runtime.runtime import Runtime
 
-FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster")
+FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster", "experiment")
 
 
 class ReloadError(Exception):

@@ -16,10 +16,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from proxy.config.model import Config
+from proxy.control.experiments import ExperimentRunner
 from proxy.control.journal import EventLog, Journal
+from proxy.control.metric_events import Ingested, ingest
 from proxy.control.rollout import RolloutRunner
 from proxy.control.shared_weights import SharedWeights
-from proxy.http.plane import DataPlane
+from proxy.http.plane import DataPlane, metric_sources
 from proxy.routing.variant import Variant
 from proxy.telemetry.report import EndpointReading
 from proxy.telemetry.source import LocalTelemetry, Picture, TelemetrySource
@@ -63,7 +65,7 @@ class Runtime(DataPlane):
         self.rollout: RolloutRunner | None = None  # set at start when the config has one
         self._journal = Journal()
         self.local = LocalTelemetry(self.recorder, self.clock, self.endpoint_readings,
-                                    loop.time)
+                                    loop.time, self.outcomes)
         self.host_view: Telemetry = self.local  # a supervisor's: its workers merged
         self.view: Telemetry = self.local  # a cluster member's: every replica merged
         self.cluster: Membership | None = None
@@ -71,6 +73,15 @@ class Runtime(DataPlane):
         self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
         self.weights_from_config = True  # False: the live weight comes from elsewhere
         self.workers: Workers | None = None  # a supervisor's
+        exp = config.experiment
+        self.experiment = ExperimentRunner(exp, self.clock.wall()) if exp is not None else None
+
+    def record_events(self, events: list[Any]) -> Ingested:
+        """Outcome events (``POST /experiments/{name}/events``): each attributed to the variant
+        that served its user, recorded here and reported like the rest of the telemetry."""
+        names = frozenset(metric_sources(self.config).get("events", ()))
+        return ingest(events, names, self.view.outcomes, self.outcomes, self.snapshot.router,
+                      self.live)
 
     @property
     def journal(self) -> EventLog:

@@ -30,8 +30,10 @@ from proxy.telemetry import latency
 from proxy.telemetry.merged import MergedTelemetry
 from proxy.telemetry.report import Reporter
 from proxy.timing.clock import Clock
+from proxy.timing.tasks import cancel
 
 log = logging.getLogger("veer")
+EXPERIMENT_EVERY = 1.0  # seconds between looks at an experiment's results
 
 
 class Role(StrEnum):
@@ -105,7 +107,21 @@ class ProxyServer:
             if rt.rollout is not None:
                 stack.push_async_callback(rt.rollout.stop)  # also after a partial start
                 await rt.rollout.start()
+            if deciding and rt.experiment is not None:
+                task = rt.loop.create_task(self._watch_experiment(), name="veer-experiment")
+                stack.push_async_callback(cancel, task)
             self._stack = stack.pop_all()
+
+    async def _watch_experiment(self) -> None:
+        """Look at the experiment every second: the dashboard's history, decision events."""
+        rt = self.rt
+        assert rt.experiment is not None
+        while True:
+            await asyncio.sleep(EXPERIMENT_EVERY)
+            for event in rt.experiment.look(rt.view.outcomes, rt.clock.wall()):
+                rt.journal.record(event)
+                log.info("experiment %s: %s (%s)", rt.experiment.exp.name, event.to,
+                         event.reason)
 
     async def _join_cluster(self, stack: contextlib.AsyncExitStack) -> None:
         """Become a member: reports out (this process's, unless workers report for it),
@@ -120,7 +136,7 @@ class ProxyServer:
                                       max_events=self.config.state.max_events)
         if self.role is Role.SINGLE:  # this process serves: it reports its own recorder
             reporter = Reporter(f"{member.id}/{os.getpid()}/{rt.clock.wall():.3f}",
-                                rt.recorder, rt.clock)
+                                rt.recorder, rt.clock, rt.outcomes)
 
             def produce() -> list:  # type: ignore[type-arg]
                 report = reporter.report(rt.endpoint_readings())

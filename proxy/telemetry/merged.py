@@ -22,6 +22,7 @@ from hdrh.histogram import HdrHistogram
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS, Variant
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
+from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.report import Counters, EndpointReading, Report
 from proxy.telemetry.source import Histograms, Totals, histograms_of
 from proxy.timing.clock import Clock
@@ -59,6 +60,8 @@ class MergedTelemetry:
         self._limits_us: tuple[int | None, int | None] = (None, None)
         self._slow = {v: [0, 0] for v in VARIANTS}
         self._timed = dict.fromkeys(VARIANTS, 0)
+        self.outcomes = Outcomes()  # every reporter's per-user outcomes, merged
+        self._outcome_seq: dict[str, int] = {}
 
     # -- input -----------------------------------------------------------------
     def ingest(self, report: Report) -> None:
@@ -67,6 +70,9 @@ class MergedTelemetry:
         was = self.latest.get(report.reporter)
         if was is None or report.time >= was.time:  # a late copy never turns counts back
             self.latest[report.reporter] = report
+        if report.outcomes is not None and report.seq > self._outcome_seq.get(report.reporter, 0):
+            self._outcome_seq[report.reporter] = report.seq
+            self.outcomes.merge(report.outcomes)
         a, b = self._limits_us
         for s in report.slots:
             key = (report.reporter, s.variant)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.routing.variant import VARIANTS, Variant
+from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.recorder import Recorder, VariantRecorder
 from proxy.telemetry.slots import SecondSlot
 from proxy.timing.clock import Clock
@@ -74,10 +75,15 @@ class Report:
     counters: dict[Variant, Counters]
     slots: list[SecondSlot] = field(default_factory=list)
     endpoints: list[EndpointReading] = field(default_factory=list)
+    # Per-user outcomes recorded since the reporter's previous report (``seq`` - 1): each
+    # batch is merged once.
+    outcomes: dict[str, Any] | None = None
+    seq: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """Plain JSON-able data."""
-        return {"reporter": self.reporter, "time": self.time,
+        return {"reporter": self.reporter, "time": self.time, "seq": self.seq,
+                "outcomes": self.outcomes,
                 "counters": {v: c.to_wire() for v, c in self.counters.items()},
                 "slots": [s.to_wire() for s in self.slots],
                 "endpoints": [[e.variant, e.label, e.healthy, e.connects]
@@ -96,18 +102,25 @@ class Report:
             if variant not in VARIANTS:
                 raise ValueError(f"unknown variant {variant!r}")
             endpoints.append(EndpointReading(variant, str(label), bool(healthy), int(connects)))
+        outcomes = d.get("outcomes")
+        if outcomes is not None and not isinstance(outcomes, dict):
+            raise ValueError("outcomes must be a mapping")
         return Report(str(d["reporter"]), float(d["time"]), counters,
-                      [SecondSlot.from_wire(s) for s in d["slots"]], endpoints)
+                      [SecondSlot.from_wire(s) for s in d["slots"]], endpoints, outcomes,
+                      int(d.get("seq", 0)))
 
 
 class Reporter:
     """Makes this process's reports from its ``Recorder``: each closed slot goes out once
     (``sent`` moves on only when the caller says the report was delivered)."""
 
-    def __init__(self, reporter: str, recorder: Recorder, clock: Clock) -> None:
+    def __init__(self, reporter: str, recorder: Recorder, clock: Clock,
+                 outcomes: Outcomes | None = None) -> None:
         self.reporter = reporter
         self.recorder = recorder
         self.clock = clock
+        self.outcomes = outcomes  # drained into each report
+        self._seq = 0
         self._after = -1  # monotonic second of the newest slot delivered
         self._pending = -1
 
@@ -124,7 +137,10 @@ class Reporter:
         self._pending = max((s.second for s in slots), default=self._after)
         wall_slots = [SecondSlot(s.variant, s.second + shift, s.requests, s.errors, s.sum_us,
                                  s.histogram) for s in slots]
-        return Report(self.reporter, self.clock.wall(), counters, wall_slots, endpoints)
+        outcomes = self.outcomes.drain() if self.outcomes is not None else None
+        self._seq += 1
+        return Report(self.reporter, self.clock.wall(), counters, wall_slots, endpoints,
+                      outcomes, self._seq)
 
     def delivered(self) -> None:
         """The last report arrived: its slots are not sent again."""

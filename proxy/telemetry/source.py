@@ -19,6 +19,7 @@ from hdrh.histogram import HdrHistogram
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS, Variant
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
+from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.recorder import Recorder
 from proxy.telemetry.report import Counters, EndpointReading, counters_of
 from proxy.timing.clock import Clock
@@ -70,6 +71,11 @@ class TelemetrySource(Protocol):
 class Picture(Protocol):
     """The traffic the admin API shows: /status, /analysis and /metrics read only this."""
 
+    @property
+    def outcomes(self) -> Outcomes:
+        """Per-user outcomes (experiments, metric gates)."""
+        ...
+
     def requests_total(self, variant: Variant) -> int:
         """Requests answered since start."""
         ...
@@ -114,8 +120,10 @@ class LocalTelemetry:
 
     def __init__(self, recorder: Recorder, clock: Clock,
                  endpoints: Callable[[], list[EndpointReading]] = list,
-                 now: Callable[[], float] | None = None) -> None:
+                 now: Callable[[], float] | None = None,
+                 outcomes: Outcomes | None = None) -> None:
         self.recorder = recorder
+        self._outcomes = outcomes or Outcomes()
         self.clock = clock
         self._endpoints = endpoints
         self._now = now or clock.monotonic  # the recorder's time base (the loop's)
@@ -141,6 +149,10 @@ class LocalTelemetry:
                              v[ORIGINAL].since_marked(now).histogram)
 
     # -- Picture -------------------------------------------------------------------
+    @property
+    def outcomes(self) -> Outcomes:
+        return self._outcomes
+
     def requests_total(self, variant: Variant) -> int:
         return self.recorder.variants[variant].requests
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ log = logging.getLogger("veer.supervisor")
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 STABLE_AFTER = 10.0  # seconds a worker must live for its slot's backoff to reset
+OWN_REPORT_EVERY = 0.25  # seconds between the supervisor's own outcome reports
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(count)]
         self.restarts_total = 0
         self._stopping = False
+        self._own: asyncio.Task[None] | None = None
         assert isinstance(self.rt.host_view, MergedTelemetry)
         self.host: MergedTelemetry = self.rt.host_view
 
@@ -91,8 +94,26 @@ class Supervisor:
         self.rt.live.on_change = self._push_live
         self.rt.reload_hooks.append(self._reload_workers)
         self.rt.workers = self
+        self._own = asyncio.get_running_loop().create_task(self._own_outcomes(),
+                                                           name="veer-supervisor-outcomes")
         for slot in self.slots:
             await self._spawn(slot)
+
+    async def _own_outcomes(self) -> None:
+        """Outcome events posted to this process's admin API join the host's picture (and
+        the cluster's) as a report of their own, like a worker's."""
+        reporter = f"supervisor-{os.getpid()}-{self.rt.clock.wall():.3f}"
+        seq = 0
+        while True:
+            await asyncio.sleep(OWN_REPORT_EVERY)
+            outcomes = self.rt.outcomes.drain()
+            if outcomes is None:
+                continue
+            seq += 1
+            report = Report(reporter, self.rt.clock.wall(), {}, outcomes=outcomes, seq=seq)
+            self.host.ingest(report)
+            if self.proxy.member is not None:
+                self.proxy.member.offer(report)
 
     async def _spawn(self, slot: _Slot) -> None:
         assert self.listener is not None
@@ -174,6 +195,7 @@ class Supervisor:
         """SIGTERM every worker (each drains), wait up to ``timeout`` plus a margin, kill
         what is left; True if all exited by themselves."""
         self._stopping = True
+        await cancel(self._own)
         procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):

@@ -47,7 +47,7 @@ async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
     rt = proxy.rt
     rt.live.take(first["live"])
     await proxy.start()
-    reporter = Reporter(f"w{index}-{os.getpid()}", rt.recorder, rt.clock)
+    reporter = Reporter(f"w{index}-{os.getpid()}", rt.recorder, rt.clock, rt.outcomes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -1,0 +1,226 @@
+"""Experiments over real sockets: metric headers from real backends, the events API, results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from admin.server import AdminServer
+from proxy.config.load import from_dict
+from proxy.runtime.server import ProxyServer
+from tests.functional.conftest import StartVeer
+
+TOKEN = "exp-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def accuracy(variant: str, user: str, i: int) -> float:
+    """What a backend reports: new is better by 0.05 on average, varying per user."""
+    base = 0.8 if variant == "original" else 0.85
+    return round(base + (hash((user, i)) % 100) / 1000, 4)
+
+
+class MetricBackend:
+    """An aiohttp backend that reports ``veer-metric`` per request and keeps what it sent."""
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.sent: dict[str, list[float]] = {}
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        user = request.headers.get("X-User-Id", "")
+        i = len(self.sent.setdefault(user, []))
+        value = accuracy(self.variant, user, i)
+        self.sent[user].append(value)
+        extra = ", junk=abc" if i == 0 else ""
+        return web.Response(text="ok", headers={
+            "veer-metric": f"accuracy={value}, cost=0.003{extra}",
+            "x-served-by": self.variant})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+EXPERIMENT = {"name": "ranking-v2", "split": 50, "metrics": [
+    {"name": "accuracy", "type": "mean", "source": "header", "goal": "increase", "mde": "5%"},
+    {"name": "converted", "type": "proportion", "source": "events", "goal": "increase"},
+    {"name": "error_rate", "type": "mean", "source": "traffic", "goal": "decrease",
+     "role": "guardrail"},
+]}
+
+
+@pytest.fixture
+async def metric_backends() -> AsyncIterator[dict[str, MetricBackend]]:
+    out = {v: MetricBackend(v) for v in ("original", "new")}
+    for b in out.values():
+        await b.start()
+    yield out
+    for b in out.values():
+        await b.close()
+
+
+@pytest.fixture
+async def experiment(metric_backends: dict[str, MetricBackend], start_veer: StartVeer
+                     ) -> AsyncIterator[tuple[ProxyServer, str]]:
+    cfg = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+           "upstreams": {v: {"endpoints": [b.url]} for v, b in metric_backends.items()},
+           "routing": {"salt": "exp"}, "experiment": EXPERIMENT}
+    server = await start_veer(cfg)
+    admin = AdminServer(server.rt, token=TOKEN, token_from_config=False)
+    await admin.start()
+    yield server, f"http://127.0.0.1:{admin.port}"
+    await admin.stop()
+
+
+async def _traffic(port: int, users: int, per_user: int) -> dict[str, str]:
+    served: dict[str, str] = {}
+    async with aiohttp.ClientSession() as s:
+        for u in range(users):
+            for _ in range(per_user):
+                async with s.get(f"http://127.0.0.1:{port}/x",
+                                 headers={"X-User-Id": f"u{u}"}) as r:
+                    assert r.status == 200
+                    assert "veer-metric" not in r.headers  # never reaches the client
+                    served[f"u{u}"] = r.headers["x-veer-variant"]
+                    assert r.headers["x-served-by"] == served[f"u{u}"]
+    return served
+
+
+async def test_header_metrics_are_per_user_and_never_reach_the_client(
+        experiment: tuple[ProxyServer, str], metric_backends: dict[str, MetricBackend]) -> None:
+    server, base = experiment
+    served = await _traffic(server.port, users=60, per_user=3)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}/experiments/ranking-v2/results") as r:
+            assert r.status == 200
+            res = await r.json()
+        async with s.get(f"{base}/experiments") as r:
+            listed = (await r.json())["experiments"]
+    assert [e["name"] for e in listed] == ["ranking-v2"]
+    for variant in ("original", "new"):
+        users = [u for u, v in served.items() if v == variant]
+        assert res["variants"][variant]["units"] == len(users)
+        sent = metric_backends[variant].sent
+        expected = sum(sum(sent[u]) / len(sent[u]) for u in users) / len(users)
+        got = res["metrics"]["accuracy"][variant]
+        assert got["n"] == len(users)
+        assert math.isclose(got["mean"], expected, rel_tol=1e-12)
+    acc = res["metrics"]["accuracy"]
+    assert math.isclose(acc["difference"], acc["new"]["mean"] - acc["original"]["mean"])
+    lo, hi = acc["ci"]
+    assert lo < acc["difference"] < hi
+    flo, fhi = acc["fixed_ci"]
+    assert lo < flo < fhi < hi  # the always-valid interval is the wider one
+    assert 0 <= acc["p_value"] <= 1
+    assert res["malformed"] == 60  # one junk value per user, counted and ignored
+    assert "cost" not in res["metrics"]  # not configured: not kept
+    assert res["srm"]["mismatch"] is False and 0 <= res["srm"]["p_value"] <= 1
+    assert res["metrics"]["error_rate"]["original"]["mean"] == 0
+    assert res["metrics"]["accuracy"]["sample_size"]["users_needed"] > 0
+    assert res["decision"]["action"] in ("ship", "keep running", "stop")
+
+
+async def test_events_are_attributed_to_the_variant_that_served_the_user(
+        experiment: tuple[ProxyServer, str]) -> None:
+    server, base = experiment
+    served = await _traffic(server.port, users=40, per_user=1)
+    events: list[dict[str, Any]] = [{"user": u, "metric": "converted",
+                                     "value": 1 if v == "new" else 0}
+                                    for u, v in served.items()]
+    events += [{"user": "u0", "metric": "nope", "value": 1},
+               {"user": "u1", "metric": "converted", "value": "yes"}]
+    url = f"{base}/experiments/ranking-v2/events"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json={"events": events}) as r:
+            assert r.status == 401
+        async with s.post(url, json={"events": events}, headers=AUTH) as r:
+            assert r.status == 202
+            body = await r.json()
+        assert body["accepted"] == 40 and body["rejected"] == 2
+        async with s.post(f"{base}/experiments/other/events", json={"events": []},
+                          headers=AUTH) as r:
+            assert r.status == 404
+            assert (await r.json())["error"] == "not found"
+        async with s.post(url, json={"events": [{}] * 10_001}, headers=AUTH) as r:
+            assert r.status == 413
+        async with s.post(url, json={"evts": []}, headers=AUTH) as r:
+            assert r.status == 422
+        async with s.post(url, json={"events": [{"user": "u0", "metric": "converted",
+                                                  "value": 1}]}, headers=AUTH) as r:
+            assert r.status == 200
+            assert await r.json() == {"accepted": 1, "rejected": 0, "errors": []}
+        async with s.get(f"{base}/experiments/ranking-v2/results") as r:
+            res = await r.json()
+    conv = res["metrics"]["converted"]
+    n_new = sum(1 for v in served.values() if v == "new")
+    # every new user converted, every original user did not (u0's late 1 makes it 1 there)
+    assert conv["new"]["n"] == n_new and conv["new"]["mean"] == 1.0
+    orig_mean = (1 / conv["original"]["n"]) if served["u0"] == "original" else 0.0
+    assert math.isclose(conv["original"]["mean"], orig_mean)
+
+
+async def test_an_event_for_a_user_veer_has_not_seen_goes_by_the_hash(
+        experiment: tuple[ProxyServer, str]) -> None:
+    server, base = experiment
+    router, live = server.rt.snapshot.router, server.rt.live
+    users = [f"later-{i}" for i in range(50)]
+    events = [{"user": u, "metric": "converted", "value": 1} for u in users]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{base}/experiments/ranking-v2/events", json={"events": events},
+                          headers=AUTH) as r:
+            assert r.status == 200
+        async with s.get(f"{base}/experiments/ranking-v2/results") as r:
+            res = await r.json()
+    on_new = sum(1 for u in users if router.variant_of(u, live) == "new")
+    assert 0 < on_new < 50
+    assert res["metrics"]["converted"]["new"]["n"] == on_new
+    assert res["metrics"]["converted"]["original"]["n"] == 50 - on_new
+    # and the router does send them there once they come
+    served = {}
+    async with aiohttp.ClientSession() as s:
+        for u in users[:10]:
+            async with s.get(f"http://127.0.0.1:{server.port}/",
+                             headers={"X-User-Id": u}) as r:
+                served[u] = r.headers["x-veer-variant"]
+    assert all(served[u] == router.variant_of(u, live) for u in served)
+
+
+def test_experiment_config_errors_name_the_key() -> None:
+    base: dict[str, Any] = {"upstreams": {"original": {"endpoints": ["http://127.0.0.1:1"]},
+                                          "new": {"endpoints": ["http://127.0.0.1:2"]}}}
+    cases = [
+        ({"experiment": {**EXPERIMENT, "split": 0}}, "experiment.split"),
+        ({"experiment": {**EXPERIMENT, "split": 50}, "weights": {"new": 10}}, "weights"),
+        ({"experiment": EXPERIMENT, "rollout": {"preset": "canary"}}, "rollout"),
+        ({"experiment": {**EXPERIMENT, "metrics": [{"name": "a b"}]}},
+         "experiment.metrics[0].name"),
+        ({"experiment": {**EXPERIMENT, "metrics": [{"name": "x", "source": "traffic"}]}},
+         "experiment.metrics[0].name"),
+        ({"experiment": {**EXPERIMENT, "metrics": [{"name": "x", "type": "median"}]}},
+         "experiment.metrics[0].type"),
+    ]
+    from proxy.config.reader import ConfigError
+    for extra, key in cases:
+        with pytest.raises(ConfigError) as err:
+            from_dict({**base, **extra}, "exp.yaml")
+        assert err.value.path == key, (extra, err.value)
+    cfg = from_dict({**base, "experiment": EXPERIMENT}, "exp.yaml")
+    assert cfg.new_weight_bp == 5000 and cfg.rollout is None
