@@ -206,7 +206,8 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
-    r.done()
+    # Top-level x-* keys are the user's (YAML anchors to share, as in compose files).
+    r.done(tuple(k for k in data if isinstance(k, str) and k.startswith("x-")))
     if experiment is not None:
         if rollout is not None:
             raise ConfigError(source, "rollout", "(present)", "no rollout with experiment: "

@@ -28,6 +28,7 @@ from typing import Any
 from proxy.config.plan import Rollout
 from proxy.control.controller import Controller
 from proxy.control.lease import Lease
+from proxy.control.metric_gates import PolledMetrics
 from proxy.control.state import Event, RolloutState
 from proxy.control.store import StateStore, VersionConflict
 from proxy.control.webhooks import ConfirmGate, Notifier
@@ -49,14 +50,15 @@ class RolloutRunner:
 
     def __init__(self, rollout: Rollout, store: StateStore, telemetry: TelemetrySource,
                  live: LiveState, clock: Clock, lease: Lease, state: RolloutState,
-                 version: int = 0, max_events: int = 500) -> None:
+                 version: int = 0, max_events: int = 500,
+                 polled: PolledMetrics | None = None) -> None:
         self.rollout = rollout
         self.store = store
         self.live = live
         self.clock = clock
         self.lease = lease
         self.max_events = max_events
-        self.controller = Controller(rollout, telemetry, state, clock.wall())
+        self.controller = Controller(rollout, telemetry, state, clock.wall(), polled)
         self.notifier = Notifier(rollout.notify) if rollout.notify else None
         self.confirm = ConfirmGate(rollout.confirm) if rollout.confirm else None
         self.rollbacks: dict[str, int] = {}  # by reason, for /metrics

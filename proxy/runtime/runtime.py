@@ -23,6 +23,7 @@ from proxy.control.rollout import RolloutRunner
 from proxy.control.shared_weights import SharedWeights
 from proxy.http.plane import DataPlane, metric_sources
 from proxy.routing.variant import Variant
+from proxy.telemetry.prometheus import PrometheusPoller
 from proxy.telemetry.report import EndpointReading
 from proxy.telemetry.source import LocalTelemetry, Picture, TelemetrySource
 from proxy.timing.clock import Clock, SystemClock
@@ -73,6 +74,7 @@ class Runtime(DataPlane):
         self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
         self.weights_from_config = True  # False: the live weight comes from elsewhere
         self.workers: Workers | None = None  # a supervisor's
+        self.prometheus: PrometheusPoller | None = None  # metric gates' queries, if any
         exp = config.experiment
         self.experiment = ExperimentRunner(exp, self.clock.wall()) if exp is not None else None
 

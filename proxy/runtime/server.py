@@ -28,6 +28,7 @@ from proxy.http.inbound import ClientConnection
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
 from proxy.telemetry.merged import MergedTelemetry
+from proxy.telemetry.prometheus import PrometheusPoller
 from proxy.telemetry.report import Reporter
 from proxy.timing.clock import Clock
 from proxy.timing.tasks import cancel
@@ -186,8 +187,15 @@ class ProxyServer:
             problem = f"cluster Redis unreachable ({exc})"
             self._unreachable(problem)
             state, version = safe_state(rollout, now, "state-unreachable", problem), 0
+        queries = {g.name: g.prometheus for p in rollout.phases for g in p.gates.metrics
+                   if g.prometheus is not None}
+        poller = None
+        if queries:
+            poller = rt.prometheus = PrometheusPoller(queries, rt.clock)
+            poller.start()
+            stack.push_async_callback(poller.stop)
         rt.rollout = RolloutRunner(rollout, store, rt.view, rt.live, rt.clock, self.lease, state,
-                                   version, cfg.max_events)
+                                   version, cfg.max_events, poller)
         stack.callback(self._forget_rollout)
         await rt.rollout.flush()  # the state it starts from is on disk before it serves
 

@@ -51,6 +51,11 @@ class Totals:
 class TelemetrySource(Protocol):
     """Where the controller reads traffic from."""
 
+    @property
+    def outcomes(self) -> Outcomes:
+        """Per-user outcomes (metric gates)."""
+        ...
+
     def totals(self, variant: Variant) -> Totals:
         """Cumulative counts now (the controller takes differences per tick)."""
         ...

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from admin.server import AdminServer
 from proxy.config.load import from_dict
+from proxy.config.reader import ConfigError
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer
 
@@ -206,7 +207,7 @@ async def test_an_event_for_a_user_veer_has_not_seen_goes_by_the_hash(
 def test_experiment_config_errors_name_the_key() -> None:
     base: dict[str, Any] = {"upstreams": {"original": {"endpoints": ["http://127.0.0.1:1"]},
                                           "new": {"endpoints": ["http://127.0.0.1:2"]}}}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"experiment": {**EXPERIMENT, "split": 0}}, "experiment.split"),
         ({"experiment": {**EXPERIMENT, "split": 50}, "weights": {"new": 10}}, "weights"),
         ({"experiment": EXPERIMENT, "rollout": {"preset": "canary"}}, "rollout"),
@@ -217,7 +218,6 @@ def test_experiment_config_errors_name_the_key() -> None:
         ({"experiment": {**EXPERIMENT, "metrics": [{"name": "x", "type": "median"}]}},
          "experiment.metrics[0].type"),
     ]
-    from proxy.config.reader import ConfigError
     for extra, key in cases:
         with pytest.raises(ConfigError) as err:
             from_dict({**base, **extra}, "exp.yaml")

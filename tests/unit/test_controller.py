@@ -14,6 +14,7 @@ from proxy.config.reader import Reader
 from proxy.control.controller import ActionError, Controller
 from proxy.control.state import Status
 from proxy.routing.variant import NEW, ORIGINAL, Variant
+from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.source import Totals
 
 SEED_PLAN: dict[str, Any] = {
@@ -44,6 +45,7 @@ class FakeTelemetry:
         self.marks = 0
         self.values = np.arange(1, 1001, dtype=np.float64) / 1000
         self.hist = {NEW: np.zeros(1000), ORIGINAL: np.zeros(1000)}
+        self.outcomes = Outcomes()  # per-user metrics, for metric gates
 
     def feed(self, variant: Variant, requests: int, failures: int = 0, slow_p99: int = 0,
              slow_p999: int = 0) -> None:
