@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.control.experiments import results
 from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
@@ -135,11 +136,80 @@ class VeerCollector(Collector):
             restarts.add_metric([], rt.workers.restarts)
             yield restarts
 
+        yield from _experiment_series(rt)
+        if rt.prometheus is not None:
+            polls = CounterMetricFamily("veer_metric_polls", "Prometheus polls of gate metrics.",
+                                        labels=["metric", "variant"])
+            failed = CounterMetricFamily("veer_metric_poll_failures",
+                                         "Polls that gave no usable number (no data, errors).",
+                                         labels=["metric", "variant"])
+            for (name, v), series in sorted(rt.prometheus.series.items()):
+                polls.add_metric([name, v], series.polls)
+                failed.add_metric([name, v], series.failures)
+            yield polls
+            yield failed
+
         cfg = rt.config
         info = InfoMetricFamily("veer_config", "The loaded config.")
         info.add_metric([], {"source": cfg.source, "salt": cfg.routing.salt,
                              "listen": str(cfg.listen)})
         yield info
+
+
+def _experiment_series(rt: Runtime) -> Iterator[Metric]:
+    """Per variant and metric: users, means, lift with its always-valid bounds, SRM, decision.
+
+    Computed from the picture the experiment is judged on (every replica's, merged), so
+    each replica exports the same values: aggregate with max() across replicas, not sum().
+    """
+    runner = rt.experiment
+    if runner is None:
+        return
+    res = runner.last or results(runner.exp, rt.view.outcomes,
+                                 max(0.0, rt.clock.wall() - runner.started))
+    name = runner.exp.name
+    units = GaugeMetricFamily("veer_experiment_units", "Users each variant served.",
+                              labels=["experiment", "variant"])
+    users = GaugeMetricFamily("veer_experiment_metric_users",
+                              "Users with at least one value of the metric.",
+                              labels=["experiment", "metric", "variant"])
+    means = GaugeMetricFamily("veer_experiment_metric_mean",
+                              "Mean over users of each user's mean value (per variant).",
+                              labels=["experiment", "metric", "variant"])
+    lift = GaugeMetricFamily("veer_experiment_lift",
+                             "Relative lift of new over original, with its always-valid "
+                             "bounds (bound=lower|upper|estimate).",
+                             labels=["experiment", "metric", "bound"])
+    p_value = GaugeMetricFamily("veer_experiment_p_value",
+                                "Fixed-horizon two-sided p-value (valid read once, at a "
+                                "planned size).", labels=["experiment", "metric"])
+    for v in VARIANTS:
+        units.add_metric([name, v], res["variants"][v]["units"])
+    for metric, r in res["metrics"].items():
+        for v in VARIANTS:
+            users.add_metric([name, metric, v], r[v]["n"])
+            means.add_metric([name, metric, v], r[v]["mean"])
+        if r["lift"] is not None:
+            lift.add_metric([name, metric, "estimate"], r["lift"])
+        if r["lift_ci"] is not None:
+            for bound, value in zip(("lower", "upper"), r["lift_ci"], strict=True):
+                if value is not None:
+                    lift.add_metric([name, metric, bound], value)
+        if r["p_value"] is not None:
+            p_value.add_metric([name, metric], r["p_value"])
+    srm = GaugeMetricFamily("veer_experiment_srm_p_value",
+                            "Sample-ratio-mismatch chi-square p-value (< 0.001: mismatch).",
+                            labels=["experiment"])
+    srm.add_metric([name], res["srm"]["p_value"])
+    decision = GaugeMetricFamily("veer_experiment_decision_info",
+                                 "The experiment's decision now (value 1).",
+                                 labels=["experiment", "action"])
+    decision.add_metric([name, res["decision"]["action"]], 1)
+    malformed = CounterMetricFamily("veer_metric_values_malformed",
+                                    "veer-metric header values that could not be read.",
+                                    labels=["experiment"])
+    malformed.add_metric([name], res["malformed"])
+    yield from (units, users, means, lift, p_value, srm, decision, malformed)
 
 
 def build_registry(rt: Runtime) -> CollectorRegistry:

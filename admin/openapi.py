@@ -53,6 +53,15 @@ def _mutation(summary: str, body: dict[str, Any] | None, *codes: int) -> dict[st
 REASON = {"type": "object", "additionalProperties": False,
           "properties": {"reason": {"type": "string", "maxLength": 500}}}
 
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+INGESTED = {"type": "object", "required": ["accepted", "rejected"],
+            "properties": {"accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                           "errors": {"type": "array", "items": {"type": "string"}}}}
+RESULTS = {"type": "object", "required": ["name", "variants", "srm", "metrics", "decision"],
+           "properties": {"name": {"type": "string"}, "variants": {"type": "object"},
+                          "srm": {"type": "object", "required": ["p_value", "mismatch"]},
+                          "metrics": {"type": "object"}, "decision": {"type": "object"}}}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "veer admin API", "version": "1.0.0",
@@ -118,6 +127,35 @@ SPEC: dict[str, Any] = {
                                                             "items": {"type": "string"}},
                                                 "config": {"type": "string"}}}),
                           **_errors(400, 401, 409, 413, 415, 422)}}},
+        "/experiments": {"get": {"summary": "Configured experiments with split and decision",
+                                 "responses": _ok({"type": "object",
+                                                   "required": ["experiments"],
+                                                   "properties": {"experiments": {
+                                                       "type": "array",
+                                                       "items": {"type": "object"}}}})}},
+        "/experiments/{name}/results": {"get": {
+            "summary": "Per-user results: units, SRM, per metric n/mean, difference, "
+                       "always-valid ci, fixed-horizon p_value, lift, decision",
+            "parameters": [NAME, {"name": "history", "in": "query", "required": False,
+                                  "schema": {"type": "string",
+                                             "enum": ["true", "false", "1", "0"]}}],
+            "responses": {**_ok(RESULTS), **_errors(400, 404)}}},
+        "/experiments/{name}/events": {"post": {
+            "summary": "Outcome events, each attributed to the variant that served its user",
+            "security": [{"bearer": []}], "parameters": [NAME],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["events"],
+                "properties": {"events": {"type": "array", "maxItems": 10000, "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["user", "metric", "value"],
+                    "properties": {"user": {"type": "string", "minLength": 1,
+                                            "maxLength": 256},
+                                   "metric": {"type": "string"},
+                                   "value": {"type": "number"}}}}}}}}},
+            "responses": {**_ok(INGESTED, "every event accepted"),
+                          "202": {"description": "some events rejected",
+                                  "content": {"application/json": {"schema": INGESTED}}},
+                          **_errors(400, 401, 404, 413, 415, 422)}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},
         "/readyz": {"get": {"summary": "Readiness",
                             "responses": {**_ok({"type": "object"}),

@@ -43,6 +43,13 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                           "restarts": rt.workers.restarts}
     if rt.cluster is not None:
         out["cluster"] = rt.cluster.describe()
+    if rt.experiment is not None:
+        last = rt.experiment.last
+        out["experiment"] = {"name": rt.experiment.exp.name,
+                             "split": rt.experiment.exp.split_bp / 100,
+                             "decision": last["decision"] if last else None,
+                             "srm_mismatch": last["srm"]["mismatch"] if last else None,
+                             "results": f"/experiments/{rt.experiment.exp.name}/results"}
     return out
 
 

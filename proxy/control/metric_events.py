@@ -63,7 +63,7 @@ def ingest(events: list[Any], metrics: frozenset[str], seen: Outcomes, into: Out
                 or len(str(user)) > MAX_USER:
             reject(i, f"user must be a non-empty string of at most {MAX_USER} characters")
             continue
-        if metric not in metrics:
+        if not isinstance(metric, str) or metric not in metrics:
             reject(i, f"metric must be one of {sorted(metrics)} (source: events)")
             continue
         if isinstance(value, bool):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -147,7 +151,8 @@ async def test_events_are_attributed_to_the_variant_that_served_the_user(
                                      "value": 1 if v == "new" else 0}
                                     for u, v in served.items()]
     events += [{"user": "u0", "metric": "nope", "value": 1},
-               {"user": "u1", "metric": "converted", "value": "yes"}]
+               {"user": "u1", "metric": "converted", "value": "yes"},
+               {"user": "u1", "metric": {"a": 1}, "value": 1}]  # schemathesis found this 500
     url = f"{base}/experiments/ranking-v2/events"
     async with aiohttp.ClientSession() as s:
         async with s.post(url, json={"events": events}) as r:
@@ -155,7 +160,7 @@ async def test_events_are_attributed_to_the_variant_that_served_the_user(
         async with s.post(url, json={"events": events}, headers=AUTH) as r:
             assert r.status == 202
             body = await r.json()
-        assert body["accepted"] == 40 and body["rejected"] == 2
+        assert body["accepted"] == 40 and body["rejected"] == 3
         async with s.post(f"{base}/experiments/other/events", json={"events": []},
                           headers=AUTH) as r:
             assert r.status == 404
@@ -224,3 +229,41 @@ def test_experiment_config_errors_name_the_key() -> None:
         assert err.value.path == key, (extra, err.value)
     cfg = from_dict({**base, "experiment": EXPERIMENT}, "exp.yaml")
     assert cfg.new_weight_bp == 5000 and cfg.rollout is None
+
+
+async def test_schemathesis_on_the_experiment_endpoints(
+        experiment: tuple[ProxyServer, str], tmp_path: Path) -> None:
+    """Property-based requests from the OpenAPI spec against a configured experiment: no 5xx,
+    answers match the schema (the 404 of an unknown name included)."""
+    _, base = experiment
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json",
+           "--include-path-regex", "^/experiments",
+           "--checks", "not_a_server_error,status_code_conformance,"
+           "content_type_conformance,response_schema_conformance",
+           "--header", f"Authorization: Bearer {TOKEN}",
+           "--max-examples", "40", "--phases", "examples,coverage,fuzzing",
+           "--report", "junit", "--report-dir", str(tmp_path), "--workers", "1", "--seed", "1"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"})
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+
+
+async def test_metrics_export_the_experiment_per_variant_and_metric(
+        experiment: tuple[ProxyServer, str]) -> None:
+    server, base = experiment
+    served = await _traffic(server.port, users=30, per_user=2)
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
+        text = await r.text()
+    n_new = sum(1 for v in served.values() if v == "new")
+    assert f'veer_experiment_units{{experiment="ranking-v2",variant="new"}} {n_new:.1f}' in text
+    assert ('veer_experiment_metric_users{experiment="ranking-v2",metric="accuracy",'
+            f'variant="original"}} {30 - n_new:.1f}') in text
+    assert 'veer_experiment_lift{bound="lower",experiment="ranking-v2",metric="accuracy"}' \
+        in text or 'veer_experiment_lift{experiment="ranking-v2",metric="accuracy",' \
+        'bound="lower"}' in text
+    assert "veer_experiment_srm_p_value" in text
+    assert 'veer_experiment_decision_info{action=' in text or \
+        'veer_experiment_decision_info{experiment="ranking-v2",action=' in text
