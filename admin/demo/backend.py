@@ -19,6 +19,7 @@ class Fault:
 
     error_rate: float = 0.0  # share of echo requests answered 500
     delay: float = 0.0  # seconds added to every echo request
+    accuracy: float | None = None  # report veer-metric accuracy around this mean (experiments)
 
 
 FAULT_KEY = web.AppKey("fault", Fault)
@@ -57,7 +58,11 @@ async def _echo(request: web.Request) -> web.Response:
         "body_len": len(body),
     }
     request.app[SEEN_KEY].append(info)
-    return web.json_response(info, headers={"X-Backend": request.app[NAME_KEY]})
+    headers = {"X-Backend": request.app[NAME_KEY]}
+    if fault.accuracy is not None:
+        value = min(1.0, max(0.0, random.gauss(fault.accuracy, 0.1)))
+        headers["veer-metric"] = f"accuracy={value:.4f}"
+    return web.json_response(info, headers=headers)
 
 
 async def _status(request: web.Request) -> web.Response:

@@ -32,15 +32,29 @@ WORKERS = 16
 GATES = {"max_error_rate": "5%", "max_p99": "100ms", "min_requests": 100}
 
 
-def demo_config(original: str, new: str, weight: float | None) -> dict[str, Any]:
-    """veer's config for the demo: a rollout plan, or a fixed weight if one is given."""
+EXPERIMENT = {"name": "demo-ranking", "split": 50, "metrics": [
+    {"name": "accuracy", "type": "mean", "source": "header", "goal": "increase", "mde": "2%"},
+    {"name": "converted", "type": "proportion", "source": "events", "goal": "increase"},
+    {"name": "error_rate", "type": "mean", "source": "traffic", "goal": "decrease",
+     "role": "guardrail", "margin": "1%"},
+]}
+ACCURACY = {ORIGINAL: 0.80, NEW: 0.83}  # what the demo's backends report
+CONVERSION = {ORIGINAL: 0.10, NEW: 0.12}  # chance a user converts, posted as an event
+
+
+def demo_config(original: str, new: str, weight: float | None,
+                experiment: bool = False) -> dict[str, Any]:
+    """veer's config for the demo: a rollout plan, a fixed weight if one is given, or an
+    A/B experiment."""
     cfg: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
         "upstreams": {"original": {"endpoints": [original]}, "new": {"endpoints": [new]}},
         "routing": {"salt": "demo", "user_key": ["header:X-User-Id"]},
     }
-    if weight is not None:
+    if experiment:
+        cfg["experiment"] = EXPERIMENT
+    elif weight is not None:
         cfg["weights"] = {"new": weight}
     else:
         cfg["rollout"] = {"name": "demo", "tick": "250ms", "plan": [
@@ -59,6 +73,7 @@ class _Traffic:
         self.url, self.interval = url, 1.0 / rate
         self.next_at = 0.0
         self.seen: dict[str, set[str]] = {}
+        self.fresh: dict[str, str] = {}  # users served since the last events batch
         self.failed = 0
 
     async def worker(self, session: aiohttp.ClientSession) -> None:
@@ -76,6 +91,7 @@ class _Traffic:
                     variant = r.headers.get("x-veer-variant")
                 if variant is not None:
                     self.seen.setdefault(user, set()).add(variant)
+                    self.fresh[user] = variant
             except (aiohttp.ClientError, TimeoutError):
                 self.failed += 1
 
@@ -98,7 +114,46 @@ def _line(server: ProxyServer, elapsed: float, last: dict[str, int], dt: float) 
     return "  ".join(parts)
 
 
-async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: float) -> int:
+async def _post_conversions(session: aiohttp.ClientSession, admin: str, token: str,
+                            traffic: _Traffic, posted: set[str]) -> None:
+    """Each user served for the first time converts or not, with their variant's chance;
+    the outcome (1 or 0) goes to veer's events API, as a shop's backend would send it."""
+    batch = []
+    for user, variant in traffic.fresh.items():
+        if user not in posted:
+            posted.add(user)
+            batch.append({"user": user, "metric": "converted",
+                          "value": 1 if random.random() < CONVERSION[variant] else 0})
+    traffic.fresh.clear()
+    if batch:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.post(f"{admin}/experiments/{EXPERIMENT['name']}/events",
+                                    json={"events": batch},
+                                    headers={"Authorization": f"Bearer {token}"}) as r:
+                await r.read()
+
+
+def _experiment_line(server: ProxyServer) -> str:
+    runner = server.rt.experiment
+    res = runner.last if runner is not None else None
+    if res is None:
+        return "        experiment: collecting"
+    units = res["variants"]
+    parts = [f"        experiment {res['name']}: users {units['original']['units']}/"
+             f"{units['new']['units']}  SRM {'MISMATCH' if res['srm']['mismatch'] else 'ok'}"]
+    for name in ("accuracy", "converted"):
+        m = res["metrics"][name]
+        if m["lift"] is None or m["lift_ci"] is None:
+            parts.append(f"{name} -")
+            continue
+        lo, hi = m["lift_ci"]
+        parts.append(f"{name} {m['lift']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+    parts.append(f"-> {res['decision']['action']}")
+    return "  ".join(parts)
+
+
+async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: float,
+                experiment: bool = False) -> int:
     loop = asyncio.get_running_loop()
     backends: list[Backend] = []
     server: ProxyServer | None = None
@@ -106,8 +161,12 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
     workers: list[asyncio.Task[None]] = []
     try:
         backends = [await start_backend("original"), await start_backend("new")]
-        server = ProxyServer(from_dict(demo_config(backends[0].url, backends[1].url, weight),
-                                       "<demo>"))
+        server = ProxyServer(from_dict(demo_config(backends[0].url, backends[1].url, weight,
+                                                   experiment), "<demo>"))
+        if experiment:
+            backends[0].fault.accuracy, backends[1].fault.accuracy = ACCURACY[ORIGINAL], \
+                ACCURACY[NEW]
+            degrade_at = 0
         await server.start()
         token = secrets.token_urlsafe(12)
         admin = AdminServer(server.rt, token=token)
@@ -129,6 +188,7 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
             last = {ORIGINAL: 0, NEW: 0}
             shown = 0
             tick = 1
+            converted: set[str] = set()
             while not stop.is_set() and not (seconds and tick > seconds):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, t0 + tick - loop.time()))
@@ -136,13 +196,16 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
                 if degrade_at and now - t0 >= degrade_at and not backends[1].fault.error_rate:
                     backends[1].fault.error_rate, backends[1].fault.delay = 0.3, 0.15
                     print("        >>> the new release degrades: 30% errors, +150 ms", flush=True)
-                if server.rt.rollout is not None:
-                    events = server.rt.rollout.controller.state.events
-                    for e in events[shown:]:
-                        print(f"        event: {e.kind} {e.from_} -> {e.to}: {e.reason}",
-                              flush=True)
-                    shown = len(events)
+                events = server.rt.journal.events
+                for e in events[shown:]:
+                    print(f"        event: {e.kind} {e.from_} -> {e.to}: {e.reason}",
+                          flush=True)
+                shown = len(events)
                 print(_line(server, now - t0, last, max(now - last_t, 1e-9)), flush=True)
+                if experiment:
+                    await _post_conversions(session, f"http://127.0.0.1:{admin.port}", token,
+                                            traffic, converted)
+                    print(_experiment_line(server), flush=True)
                 last_t = now
                 for b in backends:
                     b.seen.clear()  # the backend logs every request; keep memory flat
@@ -166,13 +229,14 @@ async def _demo(seconds: float, weight: float | None, rate: float, degrade_at: f
             await b.close()
 
 
-def run_demo(seconds: float, weight: float | None, rate: float, degrade_at: float) -> int:
+def run_demo(seconds: float, weight: float | None, rate: float, degrade_at: float,
+             experiment: bool = False) -> int:
     """Run the demo for ``seconds`` (0 = until Ctrl-C). 0 on success, 2 on bad arguments."""
     if seconds < 0 or rate <= 0 or degrade_at < 0:
         print("veer demo: --seconds and --degrade-at must be >= 0, --rate > 0", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(_demo(seconds, weight, rate, degrade_at))
+        return uvloop.run(_demo(seconds, weight, rate, degrade_at, experiment))
     except ConfigError as exc:
         print(f"veer demo: {exc}", file=sys.stderr)
         return 2

@@ -74,6 +74,7 @@ class Experiment:
     alpha: float = 0.05
     power: float = 0.8
     max_users: int = 1_000_000  # per variant and metric; beyond, users are counted, not kept
+    min_users: int = 100  # per variant and metric before a metric may be called better/worse
 
 
 def _name(value: Any) -> str:
@@ -183,6 +184,8 @@ def read_experiment(r: Reader) -> Experiment:
         power=r.field(Experiment, "power", _power, "a rate such as 80% or 0.8"),
         max_users=r.field(Experiment, "max_users", int_range(1000, 100_000_000),
                           "an integer 1000..100000000"),
+        min_users=r.field(Experiment, "min_users", int_range(2, 10_000_000),
+                          "an integer 2..10000000"),
     )
     r.done()
     if not any(m.role == "primary" for m in metrics):

@@ -60,7 +60,9 @@ def metric_result(exp: Experiment, m: Metric, outcomes: Outcomes, elapsed: float
     if cmp is not None:
         out.update(difference=cmp.difference, ci=_pair(cmp.ci), p_value=cmp.p_value,
                    fixed_ci=_pair(cmp.fixed_ci), lift=_finite(cmp.lift),
-                   lift_ci=_pair(cmp.lift_ci), verdict=_verdict(m, cmp))
+                   lift_ci=_pair(cmp.lift_ci),
+                   verdict=_verdict(m, cmp) if min(orig.n, new.n) >= exp.min_users
+                   else "inconclusive")
     out["sample_size"] = _sample_size(exp, m, orig, new, elapsed)
     return out
 
@@ -119,7 +121,8 @@ def decide(exp: Experiment, metrics: dict[str, dict[str, Any]], srm: st.Srm
               if m.role == "primary" and metrics[m.name]["verdict"] == "better"]
     if better:
         return SHIP, "confidently better: " + ", ".join(better) + "; no metric worse"
-    return KEEP, "no primary metric is confidently better or worse yet"
+    return KEEP, (f"no primary metric is confidently better or worse yet (each needs "
+                  f">= {exp.min_users} users per variant)")
 
 
 def results(exp: Experiment, outcomes: Outcomes, elapsed: float) -> dict[str, Any]:
