@@ -184,8 +184,8 @@ def read_experiment(r: Reader) -> Experiment:
         power=r.field(Experiment, "power", _power, "a rate such as 80% or 0.8"),
         max_users=r.field(Experiment, "max_users", int_range(1000, 100_000_000),
                           "an integer 1000..100000000"),
-        min_users=r.field(Experiment, "min_users", int_range(2, 10_000_000),
-                          "an integer 2..10000000"),
+        min_users=r.field(Experiment, "min_users", int_range(5, 10_000_000),
+                          "an integer 5..10000000"),
     )
     r.done()
     if not any(m.role == "primary" for m in metrics):

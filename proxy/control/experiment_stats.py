@@ -12,7 +12,8 @@ non-zero) and the two variants are compared on those values:
   al. (2021), used asymptotically with the estimated variance (Waudby-Smith et
   al. 2023) as GrowthBook's sequential mode does: it holds at every look at
   once, so results can be read every second without inflating false positives;
-- the sample-ratio-mismatch check (chi-square goodness of fit, p < 0.001);
+- the sample-ratio-mismatch check: sequential (Lindon & Malek 2020), so it too can be
+  read every second; the chi-square goodness of fit beside it;
 - the users needed for a minimum detectable effect at a given power.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 ALPHA = 0.05
 SRM_ALPHA = 0.001  # GrowthBook's and Statsig's threshold
@@ -46,8 +47,9 @@ class Sample:
         n = int(values.size)
         if n == 0:
             return Sample(0, 0.0, 0.0)
-        mean = float(values.mean())
-        var = float(values.var(ddof=1)) if n > 1 else 0.0
+        with np.errstate(all="ignore"):  # extreme values give inf, which compare refuses
+            mean = float(values.mean())
+            var = float(values.var(ddof=1)) if n > 1 else 0.0
         return Sample(n, mean, var)
 
 
@@ -86,11 +88,32 @@ class Comparison:
         return self.ci[0] > 0 or self.ci[1] < 0
 
 
+def _sequential_var(s: Sample, proportion: bool) -> float:
+    """The variance the always-valid intervals use. For a proportion it is smoothed
+    (x + 1) / (n + 2): with no successes yet, or all, the raw variance is 0 and the
+    interval would collapse to a point ("confidently 100% worse" after a few users)."""
+    if not proportion:
+        return s.var
+    p = (s.mean * s.n + 1) / (s.n + 2)
+    return p * (1 - p) * s.n / (s.n - 1)
+
+
 def compare(orig: Sample, new: Sample, proportion: bool = False,
             alpha: float = ALPHA) -> Comparison | None:
-    """Compare per-user values; None until each side has two users (no variance yet)."""
+    """Compare per-user values; None until each side has two users, while neither side
+    varies (a mean metric: nothing to say how sure the difference is), or when the values
+    are too extreme to compute with (over- or underflow)."""
     if orig.n < 2 or new.n < 2:
         return None
+    if not proportion and orig.var == 0 and new.var == 0:
+        return None
+    try:
+        return _compare(orig, new, proportion, alpha)
+    except ArithmeticError:  # e.g. a metric near 1e-100 or 1e100: squares leave the floats
+        return None
+
+
+def _compare(orig: Sample, new: Sample, proportion: bool, alpha: float) -> Comparison | None:
     diff = new.mean - orig.mean
     v_o, v_n = orig.var / orig.n, new.var / new.n
     se = math.sqrt(v_o + v_n)
@@ -99,14 +122,19 @@ def compare(orig: Sample, new: Sample, proportion: bool = False,
     else:
         fixed_lo, fixed_hi, p = _welch(orig, new, alpha)
     n = orig.n + new.n
-    half = mixture_halfwidth(math.sqrt(n) * se, n, alpha)
+    sv_o = _sequential_var(orig, proportion) / orig.n
+    sv_n = _sequential_var(new, proportion) / new.n
+    half = mixture_halfwidth(math.sqrt(n * (sv_o + sv_n)), n, alpha)
     lift = lift_ci = None
     if orig.mean != 0:
         lift = diff / orig.mean
         # Var(new/orig - 1) by the delta method, as GrowthBook's relative effect.
-        var_lift = v_n / orig.mean**2 + new.mean**2 * v_o / orig.mean**4
+        var_lift = sv_n / orig.mean**2 + new.mean**2 * sv_o / orig.mean**4
         lhalf = mixture_halfwidth(math.sqrt(n * var_lift), n, alpha)
         lift_ci = (lift - lhalf, lift + lhalf)
+    values = (diff, half, fixed_lo, fixed_hi, p, lift or 0.0, *(lift_ci or ()))
+    if not all(math.isfinite(v) for v in values):
+        return None
     return Comparison(diff, (diff - half, diff + half), (fixed_lo, fixed_hi), p, lift, lift_ci,
                       se)
 
@@ -136,11 +164,14 @@ def _proportion_test(orig: Sample, new: Sample, alpha: float) -> tuple[float, fl
     return diff - half, diff + half, p
 
 
-def mean_interval(s: Sample, alpha: float = ALPHA) -> tuple[float, float]:
-    """The always-valid interval for one variant's mean (absolute gates: max, min)."""
-    if s.n < 2:
+def mean_interval(s: Sample, alpha: float = ALPHA, proportion: bool = False
+                  ) -> tuple[float, float]:
+    """The always-valid interval for one variant's mean (absolute gates: max, min). A mean
+    that does not vary (a gauge polled from Prometheus) gives a point: its value is what
+    it is, and ``min_samples`` says how many polls to see first."""
+    if s.n < 2 or not math.isfinite(s.var):
         return (-math.inf, math.inf)
-    half = mixture_halfwidth(math.sqrt(s.var), s.n, alpha)
+    half = mixture_halfwidth(math.sqrt(_sequential_var(s, proportion)), s.n, alpha)
     return (s.mean - half, s.mean + half)
 
 
@@ -148,19 +179,34 @@ def mean_interval(s: Sample, alpha: float = ALPHA) -> tuple[float, float]:
 class Srm:
     """Sample ratio mismatch: do the users per variant match the split?"""
 
-    p_value: float
+    p_value: float  # always valid: min(1, 1 / Bayes factor)
     mismatch: bool
     expected_new: float  # the share of users new should have
+    chi2_p_value: float  # the fixed-horizon chi-square test, beside it
+
+
+SRM_PRIOR = 100.0  # concentration of the Dirichlet prior around the split
 
 
 def srm(units_original: int, units_new: int, new_share: float) -> Srm:
-    """Chi-square goodness of fit of the users per variant to the configured split."""
+    """Is the split what it should be? Checked every second for the whole experiment, so the
+    decision uses the sequential test of Lindon & Malek (2020, as Optimizely's SRM check):
+    the Bayes factor of a Dirichlet-multinomial against the configured split, a
+    nonnegative martingale under the split, so by Ville's inequality it reaches
+    1 / SRM_ALPHA with probability at most SRM_ALPHA however often it is read. The
+    chi-square goodness-of-fit p-value (GrowthBook's, valid read once) is given beside."""
     total = units_original + units_new
     if total == 0 or not 0 < new_share < 1:
-        return Srm(1.0, False, new_share)
+        return Srm(1.0, False, new_share, 1.0)
     expected = [total * (1 - new_share), total * new_share]
-    p = float(stats.chisquare([units_original, units_new], expected).pvalue)
-    return Srm(p, p < SRM_ALPHA, new_share)
+    chi2_p = float(stats.chisquare([units_original, units_new], expected).pvalue)
+    a_o, a_n = SRM_PRIOR * (1 - new_share), SRM_PRIOR * new_share
+    log_bf = (special.gammaln(a_o + a_n) - special.gammaln(a_o + a_n + total)
+              + special.gammaln(a_o + units_original) - special.gammaln(a_o)
+              + special.gammaln(a_n + units_new) - special.gammaln(a_n)
+              - units_original * math.log(1 - new_share) - units_new * math.log(new_share))
+    p = float(min(1.0, math.exp(-log_bf))) if log_bf > -700 else 1.0
+    return Srm(p, p < SRM_ALPHA, new_share, chi2_p)
 
 
 def users_needed(sd_original: float, sd_new: float, effect: float, new_share: float,
@@ -171,5 +217,8 @@ def users_needed(sd_original: float, sd_new: float, effect: float, new_share: fl
         return None
     z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
     # Var(diff) = sd_n^2 / (s N) + sd_o^2 / ((1 - s) N) must be (effect / z)^2.
-    total = (z / effect) ** 2 * (sd_new**2 / new_share + sd_original**2 / (1 - new_share))
-    return math.ceil(total)
+    try:
+        total = (z / effect) ** 2 * (sd_new**2 / new_share + sd_original**2 / (1 - new_share))
+    except OverflowError:
+        return None
+    return math.ceil(total) if math.isfinite(total) else None

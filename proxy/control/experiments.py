@@ -52,8 +52,8 @@ def metric_result(exp: Experiment, m: Metric, outcomes: Outcomes, elapsed: float
     out: dict[str, Any] = {
         "type": m.type, "source": m.source, "goal": m.goal, "role": m.role,
         **({"margin": m.margin} if m.role == "guardrail" else {}),
-        ORIGINAL: {"n": orig.n, "mean": orig.mean, "sd": math.sqrt(orig.var)},
-        NEW: {"n": new.n, "mean": new.mean, "sd": math.sqrt(new.var)},
+        ORIGINAL: {"n": orig.n, "mean": _finite(orig.mean), "sd": _finite(math.sqrt(orig.var))},
+        NEW: {"n": new.n, "mean": _finite(new.mean), "sd": _finite(math.sqrt(new.var))},
         "difference": None, "ci": None, "p_value": None, "fixed_ci": None,
         "lift": None, "lift_ci": None, "verdict": "inconclusive",
     }
@@ -112,7 +112,8 @@ def decide(exp: Experiment, metrics: dict[str, dict[str, Any]], srm: st.Srm
            ) -> tuple[str, str]:
     """ship / keep running / stop, and why."""
     if srm.mismatch:
-        return STOP, (f"sample ratio mismatch (p={srm.p_value:.2g} < {st.SRM_ALPHA}): users "
+        return STOP, (f"sample ratio mismatch (always-valid p={srm.p_value:.2g} < "
+                      f"{st.SRM_ALPHA}): users "
                       "per variant do not match the split, so no result can be trusted")
     worse = [name for name, r in metrics.items() if r["verdict"] == "worse"]
     if worse:
@@ -137,7 +138,8 @@ def results(exp: Experiment, outcomes: Outcomes, elapsed: float) -> dict[str, An
         "name": exp.name, "split": exp.split_bp / 100, "elapsed_s": elapsed,
         "alpha": exp.alpha,
         "variants": {v: {"units": units[v]} for v in (ORIGINAL, NEW)},
-        "srm": {"p_value": srm.p_value, "mismatch": srm.mismatch, "expected_new": share,
+        "srm": {"p_value": srm.p_value, "mismatch": srm.mismatch,
+                "chi2_p_value": srm.chi2_p_value, "expected_new": share,
                 "observed_new": units[NEW] / total if total else None},
         "metrics": metrics,
         "decision": {"action": action, "reason": reason},

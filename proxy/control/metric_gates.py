@@ -63,8 +63,9 @@ def judge_metric_gate(g: MetricGate, orig: st.Sample, new: st.Sample,
     parts: list[Finding] = []
     enough = new.n >= g.min_samples
     what = "polls" if g.source == "prometheus" else "users"
-    pass_lo, pass_hi = st.mean_interval(new, PASS_ALPHA)
-    breach_lo, breach_hi = st.mean_interval(new, BREACH_ALPHA)
+    proportion = g.type == "proportion"
+    pass_lo, pass_hi = st.mean_interval(new, PASS_ALPHA, proportion)
+    breach_lo, breach_hi = st.mean_interval(new, BREACH_ALPHA, proportion)
     if g.max is not None:
         parts.append(_bounded(label, new.mean, g.max, breach_lo > g.max,
                               enough and pass_hi < g.max,

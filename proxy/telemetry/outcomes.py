@@ -18,6 +18,7 @@ add exactly, so the merged table is the table one process would have kept.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +30,7 @@ from proxy.routing.variant import VARIANTS, Variant
 
 MAX_USERS = 1_000_000
 MAX_NAMES = 64  # metric names a header may bring (configured ones only are kept)
+MAX_VALUE = 1e15  # beyond, a value is malformed (squares must stay within a float)
 
 
 def user_id(user: str) -> int:
@@ -101,12 +103,14 @@ class Outcomes:
         self.malformed = 0  # veer-metric values that could not be read
         self.active = False  # an experiment or a metric gate wants outcomes
         self.header_names: frozenset[str] = frozenset()
+        self._header_names: dict[bytes, str] = {}
         self.traffic_names: frozenset[str] = frozenset()
 
     def configure(self, header: Iterable[str], traffic: Iterable[str], active: bool,
                   max_users: int = MAX_USERS) -> None:
         """Which header and traffic metrics to keep (from the config; on every reload)."""
         self.header_names = frozenset(header)
+        self._header_names = {n.encode("latin-1"): n for n in self.header_names}
         self.traffic_names = frozenset(traffic)
         self.active = active
         self.max_users = max_users
@@ -135,22 +139,25 @@ class Outcomes:
                 self.table("latency_ms", variant).add(uid, latency_us / 1000)
 
     def header(self, variant: Variant, user: str, raw: bytes) -> None:
-        """One ``veer-metric`` header value: ``name=value, name=value``."""
+        """One ``veer-metric`` header value: ``name=value, name=value``. A value that is
+        not a number within +-1e15, or has no name, is counted as malformed."""
         uid = 0
-        for item in raw.split(b",")[:MAX_NAMES]:
+        names = self._header_names
+        for item in raw.split(b",", MAX_NAMES)[:MAX_NAMES]:
             name, eq, value = item.partition(b"=")
-            key = name.strip().decode("latin-1")
+            key = name.strip()
             try:
-                number = float(value) if eq else float("nan")
+                number = float(value) if eq and key else math.nan
             except ValueError:
-                number = float("nan")
-            if number != number or number in (float("inf"), float("-inf")):
+                number = math.nan
+            if not -MAX_VALUE <= number <= MAX_VALUE:  # NaN fails too
                 self.malformed += 1
                 continue
-            if key in self.header_names:
+            metric = names.get(key)
+            if metric is not None:
                 if not uid:
                     uid = user_id(user)
-                self.table(key, variant).add(uid, number)
+                self.table(metric, variant).add(uid, number)
 
     # -- between processes ----------------------------------------------------------
     def drain(self) -> dict[str, Any] | None:
