@@ -494,3 +494,54 @@ def test_weights_original_alone_means_the_rest_is_new() -> None:
                                    "new": {"endpoints": ["http://b:2"]}},
                      "weights": {"original": 90}})
     assert cfg.new_weight_bp == 1000
+
+
+def test_the_seed_plan_with_its_memory_and_cache_gates_loads() -> None:
+    cfg = load(Path(__file__).resolve().parents[2] / "admin" / "examples" / "seed-plan.yaml")
+    assert cfg.rollout is not None
+    phases = cfg.rollout.phases
+    assert [(p.name, p.weight_bp, p.duration) for p in phases] == [
+        ("canary", 100, 7200.0), ("ramp", 1000, 14400.0), ("full", 10000, 0.0)]
+    limits = [{g.name: (g.max, g.min, g.source) for g in p.gates.metrics} for p in phases]
+    assert limits == [
+        {"memory_bytes": (1e9, None, "prometheus"), "cache_hit_rate": (None, 0.6, "prometheus")},
+        {"memory_bytes": (1.5e9, None, "prometheus"), "cache_hit_rate": (None, 0.7, "prometheus")},
+        {"memory_bytes": (2e9, None, "prometheus"), "cache_hit_rate": (None, 0.85, "prometheus")}]
+    q = phases[0].gates.metrics[0].prometheus
+    assert q is not None and "{{variant}}" in q.query and q.interval == 10.0
+    json.dumps(cfg.to_dict())  # veer check can print it
+
+
+METRIC_GATE_ERRORS = [
+    ({"name": "m"}, "rollout.plan[0].gates.metrics[0].max",
+     "at least one of max, min, max_increase, max_decrease"),
+    ({"name": "m", "max": "lots"}, "rollout.plan[0].gates.metrics[0].max", "a number"),
+    ({"name": "m", "max": 1, "source": "carrier-pigeon"},
+     "rollout.plan[0].gates.metrics[0].source", "header or events or traffic"),
+    ({"name": "m", "max": 1, "source": {"prometheus": {"query": "up"}}},
+     "rollout.plan[0].gates.metrics[0].source.prometheus.address", "a URL"),
+    ({"name": "m", "max": 1, "source": {"prometheus": {"query": "up", "address": "x"}}},
+     "rollout.plan[0].gates.metrics[0].source.prometheus.address", "a URL"),
+    ({"name": "m", "max": 1, "typo": 2}, "rollout.plan[0].gates.metrics[0].typo", "no such key"),
+]
+
+
+@pytest.mark.parametrize(("gate", "path", "expected"), METRIC_GATE_ERRORS)
+def test_metric_gate_errors_name_the_key(gate: dict[str, Any], path: str, expected: str
+                                         ) -> None:
+    data = {"upstreams": {"original": {"endpoints": ["http://a:1"]},
+                          "new": {"endpoints": ["http://b:2"]}},
+            "rollout": {"plan": [{"weight": 100, "gates": {"metrics": [gate]}}]}}
+    with pytest.raises(ConfigError) as info:
+        from_dict(data, SOURCE)
+    assert info.value.path == path
+    assert expected in info.value.expected
+
+
+def test_top_level_x_keys_are_the_users_anchors_and_elsewhere_are_typos() -> None:
+    base = {"upstreams": {"original": {"endpoints": ["http://a:1"]},
+                          "new": {"endpoints": ["http://b:2"]}}}
+    from_dict({**base, "x-shared": {"anything": 1}}, SOURCE)
+    with pytest.raises(ConfigError) as info:
+        from_dict({**base, "routing": {"x-salt": "s"}}, SOURCE)
+    assert info.value.path == "routing.x-salt"
