@@ -138,6 +138,15 @@ class AdminClient:
             query["actor"] = actor
         return self.request("GET", "/events", query=query)
 
+    def experiments(self) -> JSON:
+        """GET /experiments: each configured experiment, its split, metrics and decision."""
+        return self.request("GET", "/experiments")
+
+    def experiment_results(self, name: str, history: bool = False) -> JSON:
+        """GET /experiments/<name>/results: the numbers, the SRM check and the decision."""
+        return self.request("GET", f"/experiments/{urllib.parse.quote(name, safe='')}/results",
+                            query={"history": "true"} if history else None)
+
     # -- changing ----------------------------------------------------------
     def set_weights(self, new: float | None = None, original: float | None = None) -> JSON:
         """PUT /weights (pauses a running plan)."""

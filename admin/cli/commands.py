@@ -56,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from admin.demo.run import run_demo
 
     return run_demo(seconds=args.seconds, weight=args.weight, rate=args.rate,
-                    degrade_at=args.degrade_at)
+                    degrade_at=args.degrade_at, experiment=args.experiment)
 
 
 # -- operator commands ------------------------------------------------------------
@@ -133,6 +133,24 @@ def cmd_events(args: argparse.Namespace) -> int:
     """Events newest first, optionally filtered."""
     return _emit(args, make_client(args).events(args.kind, args.filter_actor, args.limit),
                  render.render_events)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """``experiment list``, or ``experiment results [NAME]`` (NAME: the only one configured)."""
+    c = make_client(args)
+    if args.experiment_command == "list":
+        return _emit(args, c.experiments(), render.render_experiments)
+    name: str | None = args.name
+    if name is None:
+        listed = [str(e.get("name")) for e in c.experiments().get("experiments") or []]
+        if not listed:
+            raise api.Refused(404, "not found", "no experiment is configured in this veer "
+                                                "(add an experiment: section to its config)")
+        if len(listed) > 1:
+            raise UsageError(f"experiment results: {len(listed)} experiments are configured "
+                             f"({', '.join(listed)}); name one")
+        name = listed[0]
+    return _emit(args, c.experiment_results(name), render.render_experiment_results)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ Operator commands, each a client of the admin API (``admin.cli.client``)::
                                    | --users u1,u2]
     veer events [--kind K] [--actor A] [--limit N]
     veer watch [--interval 1] [--count N]
+    veer experiment list              the A/B experiments: split, users, decision
+    veer experiment results [NAME]    decision, sample-ratio check, per-metric numbers
+                                      (NAME may be left out when one is configured)
 
 Every operator command takes ``--admin URL`` (default ``$VEER_ADMIN`` or
 http://127.0.0.1:9901), ``--token-file PATH`` (default: the token in
@@ -40,6 +43,7 @@ from admin.cli.commands import (
     cmd_check,
     cmd_demo,
     cmd_events,
+    cmd_experiment,
     cmd_rollback,
     cmd_run,
     cmd_status,
@@ -168,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
     demo.add_argument("--degrade-at", type=float, default=32.0,
                       help="second at which the new backend degrades (0 = never)")
+    demo.add_argument("--experiment", action="store_true",
+                      help="run an A/B experiment (50/50, accuracy from the backends' "
+                           "veer-metric header, conversions through the events API) instead "
+                           "of a rollout")
     demo.set_defaults(func=cmd_demo)
 
     common = _admin_options()
@@ -226,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="between refreshes (default: 1)")
     w.add_argument("--count", type=_count, metavar="N", help="stop after N refreshes")
     w.set_defaults(func=guarded(cmd_watch))
+
+    exp = admin_command("experiment", "A/B experiments: 'experiment list', "
+                                      "'experiment results [NAME]'")
+    esub = exp.add_subparsers(dest="experiment_command", required=True,
+                              metavar="{list,results}")
+
+    def exp_command(name: str, help_: str) -> argparse.ArgumentParser:
+        return esub.add_parser(name, help=help_, description=help_, parents=[common],
+                               epilog=EXIT_CODES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    exp_command("list", "the configured experiments: split, users per variant, decision")
+    er = exp_command("results", "an experiment's decision, sample-ratio check, users per "
+                                "variant and per-metric numbers")
+    er.add_argument("name", nargs="?", metavar="NAME",
+                    help="the experiment (default: the one configured)")
+    exp.set_defaults(func=guarded(cmd_experiment), name=None)
     return p
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +80,7 @@ def render_status(status: Mapping[str, Any]) -> str:
                          "required before leaving this phase (veer approve)"])
         if ro.get("deny_users"):
             rows.append(["denied", ", ".join(map(str, ro["deny_users"]))])
+        rows.extend(_experiment_rows(status))
         out.append(table(rows))
         gates = [[str(g.get("gate")), str(g.get("verdict")), str(g.get("detail", ""))]
                  for g in ro.get("gates") or []]
@@ -87,8 +88,10 @@ def render_status(status: Mapping[str, Any]) -> str:
         if gates:
             out.append(table([["GATE", "VERDICT", "DETAIL"], *gates], indent="  "))
     else:
-        out.append(table([["rollout", "none (weights set by hand)"],
-                          ["weights", render_weights(weights)]]))
+        held = isinstance(status.get("experiment"), dict)
+        out.append(table([["rollout", "none (the experiment's split)" if held else
+                           "none (weights set by hand)"],
+                          ["weights", render_weights(weights)], *_experiment_rows(status)]))
     window = status.get("window_s", 10)
     rows = [["VARIANT", "WEIGHT", "SPAN", "REQ/S", "IN-FLIGHT", "REQUESTS", "ERRORS", "ERR%",
              "P50", "P99", "P999"]]
@@ -116,6 +119,20 @@ def render_status(status: Mapping[str, Any]) -> str:
         out.append("")
         out.append(render_cluster(cluster))
     return "\n".join(out)
+
+
+def _experiment_rows(status: Mapping[str, Any]) -> list[list[str]]:
+    """The ``experiment`` row of ``veer status``: its name, decision and SRM flag."""
+    exp = status.get("experiment")
+    if not isinstance(exp, dict):
+        return []
+    decision = exp.get("decision")
+    text = f"{exp.get('name')}  {percent(exp.get('split'))} on new, "
+    text += (f"{decision.get('action')} ({decision.get('reason')})" if isinstance(decision, dict)
+             else "no look yet")
+    if exp.get("srm_mismatch"):
+        text += "; SAMPLE RATIO MISMATCH"
+    return [["experiment", text + f"  (veer experiment results {exp.get('name')})"]]
 
 
 def render_cluster(cluster: Mapping[str, Any]) -> str:
@@ -163,3 +180,155 @@ def render_mutation(result: Mapping[str, Any]) -> str:
                f"{(ro.get('phase') or {}).get('name')}"
     lines.append(now)
     return "\n".join(lines)
+
+
+# -- experiments ----------------------------------------------------------------------
+def number(value: object, signed: bool = False) -> str:
+    """Four significant digits (``0.8515``, ``+0.04659``), whole numbers from 10,000 on;
+    ``-`` for no value."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    sign = "+" if signed else ""
+    if abs(value) >= 1e4:
+        return f"{value:{sign},.0f}"
+    return f"{value:{sign}.4g}"
+
+
+def lift(value: object) -> str:
+    """A relative lift as a signed percent: ``+5.47%``."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value * 100:+.2f}%"
+
+
+def p_value(value: object) -> str:
+    """``0.0312``, or ``<0.0001`` for the tiny ones."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def signed(value: object) -> str:
+    """``number`` with its sign: ``+0.04659``, ``-0.0012``; plain ``0`` for zero."""
+    return "0" if value == 0 and not isinstance(value, bool) else number(value, signed=True)
+
+
+def interval(pair: object, fmt: Callable[[object], str] = signed) -> str:
+    """``lo .. hi``; ``-`` when there is none yet, an unbounded end as ``-inf``/``+inf``."""
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return "-"
+    lo, hi = (fmt(v) if v is not None else end for v, end in zip(pair, ("-inf", "+inf"),
+                                                                  strict=True))
+    return f"{lo} .. {hi}"
+
+
+def _level(alpha: object) -> str:
+    a = float(alpha) if isinstance(alpha, int | float) else 0.05
+    return f"{(1 - a) * 100:g}%"
+
+
+def render_experiments(listing: Mapping[str, Any]) -> str:
+    """One row per configured experiment: split, users per variant, decision, metrics."""
+    exps = listing.get("experiments") or []
+    if not exps:
+        return "no experiment is configured (add an experiment: section to veer's config)"
+    rows = [["NAME", "SPLIT", "USERS ORIGINAL", "USERS NEW", "DECISION", "STARTED", "METRICS"]]
+    for e in exps:
+        units = e.get("units") or {}
+        metrics = ", ".join(f"{m.get('name')}" + (" (guardrail)" if m.get("role") == "guardrail"
+                                                  else "") for m in e.get("metrics") or [])
+        rows.append([str(e.get("name")), f"{percent(e.get('split'))} new",
+                     str(units.get("original", 0)), str(units.get("new", 0)),
+                     str(e.get("decision", "-")), when(e.get("started")), metrics])
+    return table(rows, right=(2, 3))
+
+
+def render_experiment_results(res: Mapping[str, Any]) -> str:
+    """The decision and why, the sample-ratio check, users per variant, then each metric:
+    both variants' users and means, the difference and lift with the always-valid interval,
+    the fixed-horizon p-value, the verdict and the users needed."""
+    decision = res.get("decision") or {}
+    srm = res.get("srm") or {}
+    units = {v: (res.get("variants") or {}).get(v, {}).get("units", 0)
+             for v in ("original", "new")}
+    observed = srm.get("observed_new")
+    share = (f"new has {observed * 100:.1f}% of users, {percent(res.get('split'))} expected"
+             if isinstance(observed, int | float) else "no users yet")
+    p, chi2 = srm.get("p_value"), srm.get("chi2_p_value")
+    srm_p = f"p={p:.3g}" if isinstance(p, int | float) else "p=-"
+    if isinstance(chi2, int | float):  # the sequential p decides; the chi-square is beside it
+        srm_p += f" always valid, chi-square p={chi2:.3g}"
+    rows = [["experiment", f"{res.get('name')}: {percent(res.get('split'))} of users on new, "
+                           f"running {duration(float(res.get('elapsed_s') or 0))}"],
+            ["decision", f"{decision.get('action', '-')}: {decision.get('reason', '')}"],
+            ["srm", (f"MISMATCH: {srm_p} ({share}); the assignment or the logging is broken"
+                     if srm.get("mismatch") else f"ok: {srm_p} ({share})")],
+            ["users", f"original {units['original']}  new {units['new']}"]]
+    if res.get("malformed"):
+        rows.append(["ignored", f"{res['malformed']} malformed metric values"])
+    dropped = res.get("dropped") or {}
+    if dropped.get("units") or dropped.get("values"):
+        rows.append(["dropped", f"{dropped.get('units', 0)} users and "
+                                f"{dropped.get('values', 0)} values beyond max_users "
+                                "(counted, not kept)"])
+    out = [table(rows)]
+    level = _level(res.get("alpha"))
+    for name, m in (res.get("metrics") or {}).items():
+        out.append("")
+        out.append(_render_metric(str(name), m, level))
+    return "\n".join(out)
+
+
+def _why_no_difference(m: Mapping[str, Any]) -> str:
+    """Why a metric has no comparison yet: too few users, or values that do not vary."""
+    if m.get("difference") is not None:
+        return ""
+    if min(int((m.get(v) or {}).get("n") or 0) for v in ("original", "new")) < 2:
+        return "  (needs 2 users per variant)"
+    return "  (no comparison yet: the values do not vary)"
+
+
+def _render_metric(name: str, m: Mapping[str, Any], level: str) -> str:
+    role = str(m.get("role", "primary"))
+    if role == "guardrail" and m.get("margin"):
+        role += f" (margin {float(m['margin']) * 100:g}%)"
+    head = (f"{name}: {m.get('type')} from {m.get('source')}, {m.get('goal')} is better, "
+            f"{role}")
+    sides = [["VARIANT", "USERS", "MEAN", "SD"]]
+    for v in ("original", "new"):
+        s = m.get(v) or {}
+        seen = bool(s.get("n"))  # no mean of no users
+        sides.append([v, str(s.get("n", 0)), number(s.get("mean")) if seen else "-",
+                      number(s.get("sd")) if seen else "-"])
+    lift_text = lift(m.get("lift"))
+    if m.get("lift_ci") is not None:
+        lift_text += f"  ({level} always valid: {interval(m.get('lift_ci'), lift)})"
+    elif m.get("difference") is not None and m.get("lift") is None:
+        lift_text += "  (original's mean is 0)"
+    ci = interval(m.get("ci"))
+    if ci != "-":
+        ci += f"  ({level} always valid; the decision reads this one)"
+    p = p_value(m.get("p_value"))
+    if m.get("fixed_ci") is not None:
+        p += f"  (fixed horizon; its interval {interval(m.get('fixed_ci'))})"
+    rows = [["difference", signed(m.get("difference")) + _why_no_difference(m)],
+            ["lift", lift_text], ["interval", ci], ["p-value", p],
+            ["verdict", str(m.get("verdict", "inconclusive"))]]
+    size = m.get("sample_size")
+    if isinstance(size, dict):
+        needed = size.get("users_needed")
+        now = size.get("users_now", 0)
+        mde = size.get("mde")
+        effect = f"a {float(mde) * 100:g}% effect" if isinstance(mde, int | float) else "the MDE"
+        power = size.get("power")
+        at = f" at {float(power) * 100:g}% power" if isinstance(power, int | float) else ""
+        if needed is None:
+            text = f"unknown yet for {effect}{at} (no spread on original yet); {now} now"
+        else:
+            eta = size.get("eta_s")
+            left = ("reached" if eta == 0 else
+                    f"about {duration(float(eta))} to go at the current rate"
+                    if isinstance(eta, int | float) else "no estimate of when")
+            text = f"{needed} for {effect}{at}; {now} now, {left}"
+        rows.append(["users needed", text])
+    return "\n".join([head, table(sides, right=(1, 2, 3), indent="  "), table(rows, indent="  ")])

@@ -35,3 +35,18 @@ def test_demo_with_a_fixed_weight_splits_both_ways() -> None:
                        re.M)
     assert len(lines) >= 3, out
     assert all(int(o) > 0 and int(n) > 0 for o, n in lines[1:]), out
+
+
+def test_demo_experiment_reads_outcomes_and_decides() -> None:
+    out = demo("--experiment", "--seconds", "15", "--rate", "300", timeout=60)
+    looks = re.findall(r"experiment demo-ranking: users (\d+)/(\d+)\s+SRM (\S+)\s+accuracy "
+                       r"([+-][\d.]+%) \[([+-][\d.]+%), ([+-][\d.]+%)\]", out)
+    assert len(looks) >= 10, out
+    assert all(srm == "ok" for _, _, srm, *_ in looks), out
+    assert all(int(o) > 0 and int(n) > 0 for o, n, *_ in looks), out
+    # the backends report accuracy 0.80 and 0.83: a +3.75% lift the interval must hold
+    *_, lo, hi = looks[-1]
+    assert float(lo[:-1]) < 3.75 < float(hi[:-1]), looks[-1]
+    assert re.search(r"event: experiment-decision keep running -> ship: confidently better: "
+                     r"accuracy", out), out
+    assert "client failures 0" in out, out
