@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.config.reader import DUR, Reader, choice, int_range, reject, text
-from proxy.config.units import parse_duration, parse_percent_bp, parse_rate
+from proxy.config.units import parse_percent_bp, parse_rate, positive_duration
 
 METRIC_TYPES = ("mean", "proportion")
 GOALS = ("increase", "decrease")
@@ -102,18 +102,11 @@ def _read_prometheus(r: Reader) -> PromQuery:
     q = PromQuery(
         query=r.require("query", text, "a PromQL query, with {{variant}} for the variant"),
         address=r.require("address", _address, "a URL such as http://127.0.0.1:9090"),
-        interval=r.field(PromQuery, "interval", _positive_seconds, DUR[1]),
-        timeout=r.field(PromQuery, "timeout", _positive_seconds, DUR[1]),
+        interval=r.field(PromQuery, "interval", positive_duration, DUR[1]),
+        timeout=r.field(PromQuery, "timeout", positive_duration, DUR[1]),
     )
     r.done()
     return q
-
-
-def _positive_seconds(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError
-    return seconds
 
 
 def read_source(r: Reader, name: str, allowed: tuple[str, ...] = SOURCES

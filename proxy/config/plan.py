@@ -25,7 +25,7 @@ from proxy.config.reader import (
     reject,
     text,
 )
-from proxy.config.units import parse_duration, parse_percent_bp, parse_rate
+from proxy.config.units import parse_duration, parse_percent_bp, parse_rate, positive_duration
 
 ON_BREACH = ("rollback", "alert")
 PRESETS = ("canary", "linear", "blue-green", "ring")
@@ -94,21 +94,14 @@ def _rate(value: Any) -> float:
     return parse_rate(value)
 
 
-def _seconds(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError
-    return seconds
-
-
 def read_gates(r: Reader) -> Gates:
     """The ``gates:`` mapping of a phase (or of a preset)."""
     metrics = read_metric_gates(r, r.data["metrics"]) if r.has("metrics") else ()
     r.used.add("metrics")
     gates = read_flat(r, Gates(), {
         "max_error_rate": (_rate, RATE_FORM),
-        "max_p99": (_seconds, TIME_FORM),
-        "max_p999": (_seconds, TIME_FORM),
+        "max_p99": (positive_duration, TIME_FORM),
+        "max_p999": (positive_duration, TIME_FORM),
         "min_requests": (int_range(1, 10**9), "an integer 1..1000000000"),
         "max_error_rate_increase": (_rate, RATE_FORM),
         "max_latency_increase": (_rate, "a relative increase such as 10% or 0.1"),
@@ -144,7 +137,7 @@ def _read_hooks(r: Reader, key: str) -> tuple[Hook, ...]:
         h = Reader(r.file, entry, f"{r.path}.{key}[{i}]")
         url = h.require("url", lambda v: v if isinstance(v, str) and v.startswith("http://")
                         else reject(), "an http:// URL")
-        timeout = h.field(Hook, "timeout", _seconds, DUR[1])
+        timeout = h.field(Hook, "timeout", positive_duration, DUR[1])
         retries = h.field(Hook, "retries", int_range(0, 10), "an integer 0..10")
         events = h.field(Hook, "events", names, "a list of event kinds")
         h.done()
@@ -160,7 +153,7 @@ def read_rollout(r: Reader) -> Rollout | None:
     if not r.data:
         return None
     name = r.get("name", "rollout", text, "a rollout name")
-    tick = r.field(Rollout, "tick", _seconds, DUR[1])
+    tick = r.field(Rollout, "tick", positive_duration, DUR[1])
     if tick > 10:
         raise r.fail("tick", r.data["tick"], "at most 10s (rollback speed depends on it)")
     gates = read_gates(r.section("gates")) if r.has("gates") else Gates()
@@ -184,9 +177,9 @@ def read_rollout(r: Reader) -> Rollout | None:
     rollout = Rollout(
         name=name, phases=tuple(phases), tick=tick,
         rollback_stages=stages,
-        rollback_interval=r.field(Rollout, "rollback_interval", _seconds, DUR[1]),
+        rollback_interval=r.field(Rollout, "rollback_interval", positive_duration, DUR[1]),
         confirm=_read_hooks(r, "confirm"),
-        confirm_retry=r.field(Rollout, "confirm_retry", _seconds, DUR[1]),
+        confirm_retry=r.field(Rollout, "confirm_retry", positive_duration, DUR[1]),
         notify=_read_hooks(r, "notify"),
     )
     r.done()

@@ -96,3 +96,11 @@ def parse_rate(value: object) -> float:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(RATE_FORM)
     return rate
+
+
+def positive_duration(value: object) -> float:
+    """A duration that must be more than zero (a tick, an interval, a timeout)."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError
+    return seconds

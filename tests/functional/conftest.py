@@ -10,6 +10,7 @@ import pytest
 from admin.demo.backend import Backend, start_backend
 from proxy.config.load import from_dict
 from proxy.runtime.server import ProxyServer
+from tests.functional.metric_backend import MetricBackend
 
 StartVeer = Callable[..., Awaitable[ProxyServer]]
 
@@ -59,3 +60,14 @@ async def start_veer() -> AsyncIterator[StartVeer]:
     yield start
     for s in reversed(servers):
         await s.stop()
+
+
+@pytest.fixture
+async def metric_backends() -> AsyncIterator[dict[str, MetricBackend]]:
+    """One backend per variant that reports ``veer-metric: accuracy=...`` per request."""
+    out = {v: MetricBackend(v) for v in ("original", "new")}
+    for b in out.values():
+        await b.start()
+    yield out
+    for b in out.values():
+        await b.close()

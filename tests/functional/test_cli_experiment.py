@@ -19,8 +19,9 @@ from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
+from tests.functional.metric_backend import MetricBackend
 from tests.functional.test_cli import Result, closed_port, veer
-from tests.functional.test_experiment import EXPERIMENT, MetricBackend
+from tests.functional.test_experiment import EXPERIMENT
 
 TOKEN = "exp-cli-token"
 NAME = "ranking-v2"
@@ -47,16 +48,6 @@ class Live:
             assert r.status == 200, (path, r.status)
             body: dict[str, Any] = await r.json()
             return body
-
-
-@pytest.fixture
-async def metric_backends() -> AsyncIterator[dict[str, MetricBackend]]:
-    out = {v: MetricBackend(v) for v in ("original", "new")}
-    for b in out.values():
-        await b.start()
-    yield out
-    for b in out.values():
-        await b.close()
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import pytest
 
 from admin.demo.backend import Backend
 from admin.server import AdminServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer
+from tests.functional.metric_backend import MetricBackend
 from tests.functional.test_dashboard import ARTIFACTS, CHROMIUM_ARGS, PLAN, require_playwright
-from tests.functional.test_experiment import EXPERIMENT, MetricBackend
+from tests.functional.test_experiment import EXPERIMENT
 from tests.functional.test_rollout import rollout_config
 from tests.sysdeps import require_binary
 
@@ -26,16 +26,6 @@ if TYPE_CHECKING:
 TOKEN = "exp-t0ken"
 USERS = 300  # a fixed set: the split of u0..u299 under salt "exp" is the same every run
 METRICS = ["accuracy", "converted", "error_rate"]  # EXPERIMENT's, in its order
-
-
-@pytest.fixture
-async def metric_backends() -> AsyncIterator[dict[str, MetricBackend]]:
-    out = {v: MetricBackend(v) for v in ("original", "new")}
-    for b in out.values():
-        await b.start()
-    yield out
-    for b in out.values():
-        await b.close()
 
 
 async def one_request_per_user(port: int, users: int) -> None:

@@ -12,56 +12,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from admin.server import AdminServer
 from proxy.config.load import from_dict
 from proxy.config.reader import ConfigError
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer
+from tests.functional.metric_backend import MetricBackend
 
 TOKEN = "exp-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def accuracy(variant: str, user: str, i: int) -> float:
-    """What a backend reports: new is better by 0.05 on average, varying per user."""
-    base = 0.8 if variant == "original" else 0.85
-    return round(base + (hash((user, i)) % 100) / 1000, 4)
-
-
-class MetricBackend:
-    """An aiohttp backend that reports ``veer-metric`` per request and keeps what it sent."""
-
-    def __init__(self, variant: str) -> None:
-        self.variant = variant
-        self.sent: dict[str, list[float]] = {}
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        user = request.headers.get("X-User-Id", "")
-        i = len(self.sent.setdefault(user, []))
-        value = accuracy(self.variant, user, i)
-        self.sent[user].append(value)
-        extra = ", junk=abc" if i == 0 else ""
-        return web.Response(text="ok", headers={
-            "veer-metric": f"accuracy={value}, cost=0.003{extra}",
-            "x-served-by": self.variant})
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 EXPERIMENT = {"name": "ranking-v2", "split": 50, "metrics": [
@@ -70,16 +30,6 @@ EXPERIMENT = {"name": "ranking-v2", "split": 50, "metrics": [
     {"name": "error_rate", "type": "mean", "source": "traffic", "goal": "decrease",
      "role": "guardrail"},
 ]}
-
-
-@pytest.fixture
-async def metric_backends() -> AsyncIterator[dict[str, MetricBackend]]:
-    out = {v: MetricBackend(v) for v in ("original", "new")}
-    for b in out.values():
-        await b.start()
-    yield out
-    for b in out.values():
-        await b.close()
 
 
 @pytest.fixture
