@@ -188,7 +188,8 @@ def _experiment_series(rt: Runtime) -> Iterator[Metric]:
     for metric, r in res["metrics"].items():
         for v in VARIANTS:
             users.add_metric([name, metric, v], r[v]["n"])
-            means.add_metric([name, metric, v], r[v]["mean"])
+            if r[v]["mean"] is not None:  # null when the values overflow a float
+                means.add_metric([name, metric, v], r[v]["mean"])
         if r["lift"] is not None:
             lift.add_metric([name, metric, "estimate"], r["lift"])
         if r["lift_ci"] is not None:
@@ -198,7 +199,8 @@ def _experiment_series(rt: Runtime) -> Iterator[Metric]:
         if r["p_value"] is not None:
             p_value.add_metric([name, metric], r["p_value"])
     srm = GaugeMetricFamily("veer_experiment_srm_p_value",
-                            "Sample-ratio-mismatch chi-square p-value (< 0.001: mismatch).",
+                            "Sample ratio mismatch: always-valid (sequential) p-value; "
+                            "< 0.001 is a mismatch.",
                             labels=["experiment"])
     srm.add_metric([name], res["srm"]["p_value"])
     decision = GaugeMetricFamily("veer_experiment_decision_info",

@@ -163,6 +163,9 @@ async def put_weights(request: web.Request) -> web.Response:
     elif orig_bp is not None and orig_bp + new_bp != 10000:
         raise ApiError(422, "invalid body", "original + new must be 100")
     rt = request.app[RUNTIME]
+    if rt.experiment is not None:
+        raise ApiError(409, "conflict", f"experiment {rt.experiment.exp.name!r} holds the split "
+                       "at experiment.split; end the experiment (a config without it) first")
     if rt.rollout is not None:
         return _events_out(await rt.rollout.act("set_weight", actor, weight_bp=new_bp),
                            request)

@@ -122,7 +122,10 @@ def read_source(r: Reader, name: str, allowed: tuple[str, ...] = SOURCES
         s.done()
         return "prometheus", prom
     if raw not in allowed:
-        raise r.fail("source", raw, " or ".join(allowed) + " or {prometheus: {query, address}}")
+        why = "" if raw != "events" else (" (events reach veer through an experiment, and "
+                                          "an experiment holds its split: no rollout)")
+        raise r.fail("source", raw, " or ".join(allowed) + " or {prometheus: {query, address}}"
+                     + why)
     if raw == "traffic" and name not in TRAFFIC_METRICS:
         raise r.fail("name", name, "error_rate or latency_ms (with source: traffic)")
     return str(raw), None
@@ -211,7 +214,7 @@ def read_metric_gates(r: Reader, raw: Any) -> tuple[MetricGate, ...]:
                          "max_increase")
         g = Reader(r.file, item, f"{r.path}.metrics[{i}]")
         name = g.require("name", _name, NAME_FORM)
-        source, prom = read_source(g, name)
+        source, prom = read_source(g, name, ("header", "traffic"))
         gate = MetricGate(
             name=name, source=source, prometheus=prom,
             type=g.field(MetricGate, "type", choice(METRIC_TYPES), " or ".join(METRIC_TYPES)),
@@ -239,3 +242,15 @@ def _number(value: Any) -> float:
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError
     return float(value)
+
+
+def check_gate_names(r: Reader, gates: list[tuple[str, MetricGate]]) -> None:
+    """One metric name means one metric in every phase: the same source and query (two
+    sources would write into one table; two queries would poll only the last)."""
+    seen: dict[str, tuple[str, MetricGate]] = {}
+    for where, g in gates:
+        first = seen.setdefault(g.name, (where, g))
+        if (first[1].source, first[1].prometheus, first[1].type) != (g.source, g.prometheus,
+                                                                      g.type):
+            raise r.fail(where, g.name, f"the same source, type and query as {first[0]} "
+                         "(one name, one metric; give a different metric another name)")

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.experiment import MetricGate, read_metric_gates
+from proxy.config.experiment import MetricGate, check_gate_names, read_metric_gates
 from proxy.config.hooks import Hook
 from proxy.config.reader import (
     DUR,
@@ -184,6 +184,9 @@ def read_rollout(r: Reader) -> Rollout | None:
     )
     r.done()
     _check_plan(r, rollout.phases)
+    check_gate_names(r, [(f"plan[{i}].gates.metrics[{j}].name", g)
+                         for i, p in enumerate(rollout.phases)
+                         for j, g in enumerate(p.gates.metrics)])
     return rollout
 
 

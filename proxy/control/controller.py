@@ -24,7 +24,7 @@ import numpy as np
 from proxy.config.plan import Phase, Rollout
 from proxy.control import analysis
 from proxy.control.analysis import Cusum, Finding, Verdict
-from proxy.control.metric_gates import PolledMetrics, judge_metric_gate, samples_for
+from proxy.control.metric_gates import PolledMetrics, judge_gate
 from proxy.control.state import Event, RolloutState, Status
 from proxy.routing.variant import NEW, ORIGINAL
 from proxy.telemetry.source import TelemetrySource, Totals
@@ -137,10 +137,8 @@ class Controller:
                 self._shift_finding = analysis.judge_latency_increase(
                     "latency_increase", test, median, g.max_latency_increase, g.min_requests)
             out.append(self._shift_finding)
-        for mg in g.metrics:
-            orig, new, problem = samples_for(mg, self.telemetry.outcomes, self.polled,
-                                             self.state.phase_started)
-            out.append(judge_metric_gate(mg, orig, new, problem))
+        out.extend(judge_gate(mg, self.telemetry.outcomes, self.polled, self.state.phase_started)
+                   for mg in g.metrics)
         if not out:  # a phase without gates still needs traffic before it passes
             verdict = Verdict.PASS if since.requests >= g.min_requests else Verdict.INCONCLUSIVE
             out.append(Finding("min_requests", verdict, since.requests, g.min_requests,

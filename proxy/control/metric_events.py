@@ -11,14 +11,13 @@ headers), so group lists cannot be applied to a user veer has not seen.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.routing.live import LiveState
 from proxy.routing.router import Router
 from proxy.routing.variant import Variant
-from proxy.telemetry.outcomes import Outcomes, user_id
+from proxy.telemetry.outcomes import MAX_VALUE, Outcomes, user_id
 
 MAX_EVENTS = 10_000  # per request
 MAX_USER = 256  # characters of a user id
@@ -68,8 +67,9 @@ def ingest(events: list[Any], metrics: frozenset[str], seen: Outcomes, into: Out
             continue
         if isinstance(value, bool):
             value = 1.0 if value else 0.0
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            reject(i, "value must be a finite number")
+        # the same bound as veer-metric values (a huge int would overflow a float)
+        if not isinstance(value, int | float) or not -MAX_VALUE <= value <= MAX_VALUE:
+            reject(i, f"value must be a number within +-{MAX_VALUE:g}")
             continue
         variant = attribute(str(user), seen, router, live)
         into.table(str(metric), variant).add(user_id(str(user)), float(value))

@@ -1,20 +1,19 @@
 """Gates on any metric (``gates: {metrics: [...]}``): pure verdicts from always-valid bounds.
 
-A per-user metric (header, events, traffic) is judged on each variant's
-per-user values; a Prometheus metric on its polls since the phase began. The
-bounds are the always-valid intervals of ``experiment_stats``, which hold at
+A per-user metric (header, traffic) is judged on each variant's per-user
+values by the always-valid intervals of ``experiment_stats``, which hold at
 every look at once, so a gate read four times a second for hours does not
 inflate its false verdicts: a **breach** needs the interval at
 ``BREACH_ALPHA`` to be wholly on the wrong side of the limit, a **pass** the
-interval at ``PASS_ALPHA`` wholly on the right side with ``min_samples``, and
-anything else (no data, a Prometheus error) is **inconclusive**.
+interval at ``PASS_ALPHA`` wholly on the right side with ``min_samples`` users.
+A Prometheus metric is a gauge, judged on its recent polls
+(``judge_polled_gate``). Anything else (no data, a Prometheus error) is
+**inconclusive**.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
-
-import numpy as np
 
 from proxy.config.experiment import MetricGate
 from proxy.control import experiment_stats as st
@@ -24,6 +23,7 @@ from proxy.telemetry.outcomes import Outcomes
 
 PASS_ALPHA = 0.05
 BREACH_ALPHA = 0.001  # time-uniform: over every look of the phase, not per look
+BREACH_POLLS = 3  # polls in a row beyond a gauge's limit that breach (Flagger's threshold)
 
 
 class PolledMetrics(Protocol):
@@ -35,34 +35,82 @@ class PolledMetrics(Protocol):
         ...
 
 
-def samples_for(g: MetricGate, outcomes: Outcomes, polled: PolledMetrics | None,
-                since: float) -> tuple[st.Sample, st.Sample, str | None]:
-    """(original, new, problem) for gate ``g``."""
+def judge_gate(g: MetricGate, outcomes: Outcomes, polled: PolledMetrics | None,
+               since: float) -> Finding:
+    """Gate ``g`` now: a per-user metric on every user's values, a polled one on its polls
+    since ``since`` (the phase's start, wall seconds)."""
     if g.source == "prometheus":
         if polled is None:
-            return st.Sample(0, 0, 0), st.Sample(0, 0, 0), "not polled"
+            return judge_polled_gate(g, [], [], "not polled")
         orig, p_orig = polled.samples(g.name, ORIGINAL, since)
         new, p_new = polled.samples(g.name, NEW, since)
-        problem = p_new if p_new is not None else (
-            p_orig if g.max_increase is not None or g.max_decrease is not None else None)
-        return (st.Sample.of(np.asarray(orig, dtype=np.float64)),
-                st.Sample.of(np.asarray(new, dtype=np.float64)), problem)
+        relative = g.max_increase is not None or g.max_decrease is not None
+        return judge_polled_gate(g, orig, new, p_new or (p_orig if relative else None))
     proportion = g.type == "proportion"
-    sides = [st.Sample.of(outcomes.tables[(g.name, v)].values(proportion))
-             if (g.name, v) in outcomes.tables else st.Sample(0, 0, 0) for v in (ORIGINAL, NEW)]
-    return sides[0], sides[1], None
+    orig_s, new_s = (st.Sample.of(outcomes.tables[(g.name, v)].values(proportion))
+                     if (g.name, v) in outcomes.tables else st.Sample(0, 0, 0)
+                     for v in (ORIGINAL, NEW))
+    return judge_metric_gate(g, orig_s, new_s)
+
+
+def judge_polled_gate(g: MetricGate, orig: list[float], new: list[float],
+                      problem: str | None = None) -> Finding:
+    """A gauge read from Prometheus (memory, cache hit rate) is what the release reports
+    *now*, not a sample of a mean: an average over the phase would pass a release whose
+    memory just tripled. So: **breach** when the last ``BREACH_POLLS`` polls are all
+    beyond the limit; **pass** when none of the last ``min_samples`` polls is (and there
+    are that many); otherwise, or on any problem, **inconclusive**. A relative bound reads
+    new's poll against original's poll of the same round."""
+    label = f"metric:{g.name}"
+    if problem is not None:
+        return Finding(label, Verdict.INCONCLUSIVE, new[-1] if new else 0.0, _limit(g),
+                       f"{g.name}: {problem} (inconclusive, never a pass)")
+    checks: list[tuple[str, list[float], float, bool]] = []  # what, readings, limit, above
+    if g.max is not None:
+        checks.append(("value", new, g.max, True))
+    if g.min is not None:
+        checks.append(("value", new, g.min, False))
+    if g.max_increase is not None or g.max_decrease is not None:
+        k = min(len(orig), len(new))  # the rounds both answered, newest last
+        lifts = [n / o - 1 for o, n in zip(orig[len(orig) - k:], new[len(new) - k:],
+                                           strict=True) if o != 0]
+        if g.max_increase is not None:
+            checks.append(("lift", lifts, g.max_increase, True))
+        if g.max_decrease is not None:
+            checks.append(("lift", lifts, -g.max_decrease, False))
+    parts = []
+    for what, readings, limit, above in checks:
+        def beyond(x: float, limit: float = limit, above: bool = above) -> bool:
+            return x > limit if above else x < limit
+        recent, window = readings[-BREACH_POLLS:], readings[-g.min_samples:]
+        shown = ", ".join(f"{x:.6g}" for x in recent)
+        side = "max" if above else "min"
+        detail = (f"{g.name} {what}: last polls {shown or 'none'} ({len(readings)} this "
+                  f"phase), limit {side} {limit:g}")
+        if len(recent) == BREACH_POLLS and all(beyond(x) for x in recent):
+            verdict = Verdict.BREACH
+        elif len(window) >= g.min_samples and not any(beyond(x) for x in window):
+            verdict = Verdict.PASS
+        else:
+            verdict = Verdict.INCONCLUSIVE
+        parts.append(Finding(label, verdict, readings[-1] if readings else 0.0, limit, detail))
+    verdict = overall(parts)
+    chosen = next((p for p in parts if p.verdict is verdict), parts[0])
+    return Finding(label, verdict, chosen.observed, chosen.limit,
+                   "; ".join(p.detail for p in parts))
 
 
 def judge_metric_gate(g: MetricGate, orig: st.Sample, new: st.Sample,
                       problem: str | None = None) -> Finding:
-    """One metric gate's verdict (every bound it sets must pass; any breach breaches)."""
+    """A per-user metric gate's verdict (every bound it sets must pass; any breach
+    breaches)."""
     label = f"metric:{g.name}"
     if problem is not None:
         return Finding(label, Verdict.INCONCLUSIVE, new.mean, _limit(g),
                        f"{g.name}: {problem} (inconclusive, never a pass)")
     parts: list[Finding] = []
     enough = new.n >= g.min_samples
-    what = "polls" if g.source == "prometheus" else "users"
+    what = "users"
     proportion = g.type == "proportion"
     pass_lo, pass_hi = st.mean_interval(new, PASS_ALPHA, proportion)
     breach_lo, breach_hi = st.mean_interval(new, BREACH_ALPHA, proportion)

@@ -46,6 +46,10 @@ def reload(rt: Runtime, path: str | None = None, text: str | None = None) -> lis
     fixed = [k for k in changed if k in FIXED]
     if old.recording.window != new.recording.window:
         fixed.append("recording.window")
+    if old.experiment is not None and "routing" in changed:
+        # A new salt or cohort list would move users between variants mid-experiment, and
+        # the split would still look right to the sample-ratio check.
+        fixed.append("routing (during an experiment)")
     if fixed:
         raise ReloadError(f"{', '.join(fixed)} changed; these need a restart "
                           "(the running config is unchanged)")

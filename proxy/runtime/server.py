@@ -62,6 +62,8 @@ class ProxyServer:
         if role is Role.SUPERVISOR:  # the host's picture is its workers' reports
             self.rt.host_view = self.rt.view = MergedTelemetry(self.rt.clock,
                                                                config.recording.window)
+            if config.experiment is not None:
+                self.rt.view.outcomes.max_users = config.experiment.max_users
         self._server: asyncio.Server | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -92,6 +94,9 @@ class ProxyServer:
             deciding = self.role is not Role.WORKER
             if deciding and self.config.cluster is not None:
                 await self._join_cluster(stack)
+            if self.config.experiment is not None:  # merged pictures keep the same bound
+                for view in (rt.view, rt.host_view):
+                    view.outcomes.max_users = self.config.experiment.max_users
             if deciding and self.config.rollout is not None:
                 await self._start_rollout(stack)
             if self.role is not Role.SUPERVISOR:

@@ -15,6 +15,7 @@ gates therefore divide by ``Totals.timed`` (the requests those counts cover).
 
 from __future__ import annotations
 
+import logging
 import math
 
 from hdrh.histogram import HdrHistogram
@@ -26,6 +27,8 @@ from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.report import Counters, EndpointReading, Report
 from proxy.telemetry.source import Histograms, Totals, histograms_of
 from proxy.timing.clock import Clock
+
+log = logging.getLogger("veer.telemetry")
 
 
 class _Acc:
@@ -62,6 +65,7 @@ class MergedTelemetry:
         self._timed = dict.fromkeys(VARIANTS, 0)
         self.outcomes = Outcomes()  # every reporter's per-user outcomes, merged
         self._outcome_seq: dict[str, int] = {}
+        self.bad_outcomes = 0  # reports whose outcomes could not be read
 
     # -- input -----------------------------------------------------------------
     def ingest(self, report: Report) -> None:
@@ -70,9 +74,15 @@ class MergedTelemetry:
         was = self.latest.get(report.reporter)
         if was is None or report.time >= was.time:  # a late copy never turns counts back
             self.latest[report.reporter] = report
-        if report.outcomes is not None and report.seq > self._outcome_seq.get(report.reporter, 0):
-            self._outcome_seq[report.reporter] = report.seq
-            self.outcomes.merge(report.outcomes)
+        seq = report.seq
+        if report.outcomes is not None and seq > self._outcome_seq.get(report.reporter, 0):
+            try:
+                self.outcomes.merge(report.outcomes)  # all or nothing
+            except (ValueError, KeyError, TypeError) as exc:
+                self.bad_outcomes += 1
+                log.warning("a report from %s had unreadable outcomes (%s); skipped",
+                            report.reporter, exc)
+            self._outcome_seq[report.reporter] = seq
         a, b = self._limits_us
         for s in report.slots:
             key = (report.reporter, s.variant)

@@ -82,15 +82,6 @@ class UserTable:
         return {"u": list(self.index), "c": self.count.tolist(), "s": self.total.tolist(),
                 "z": self.nonzero.tolist(), "d": self.dropped}
 
-    def merge_wire(self, d: dict[str, Any]) -> None:
-        """Add a table sent by ``to_wire``; ValueError, KeyError or TypeError on bad data."""
-        uids, counts, totals, nonzeros = d["u"], d["c"], d["s"], d["z"]
-        if not len(uids) == len(counts) == len(totals) == len(nonzeros):
-            raise ValueError("table columns differ in length")
-        for uid, c, s, z in zip(uids, counts, totals, nonzeros, strict=True):
-            self.add(int(uid), float(s), float(c), float(z))
-        self.dropped += int(d.get("d", 0))
-
 
 class Outcomes:
     """What this process (or, merged, the whole cluster) recorded per user."""
@@ -174,22 +165,37 @@ class Outcomes:
         return out
 
     def merge(self, d: dict[str, Any]) -> None:
-        """Add what another process drained; ValueError, KeyError or TypeError on bad data."""
-        for v, uids in dict(d["units"]).items():
-            if v not in VARIANTS:
-                raise ValueError(f"unknown variant {v!r}")
+        """Add what another process drained, all of it or (ValueError, KeyError or TypeError
+        on bad data) none of it."""
+        units_in = {v: [int(uid) for uid in uids] for v, uids in dict(d["units"]).items()}
+        tables_in = []
+        for metric, v, t in d["tables"]:
+            cols = [t["u"], t["c"], t["s"], t["z"]]
+            if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) > 1:
+                raise ValueError("table columns must be lists of one length")
+            rows = [(int(u), float(c), float(s), float(z)) for u, c, s, z in zip(*cols,
+                                                                               strict=True)]
+            tables_in.append((str(metric), v, rows, int(t.get("d", 0))))
+        if any(v not in VARIANTS for v in units_in) or any(t[1] not in VARIANTS
+                                                           for t in tables_in):
+            raise ValueError("unknown variant")
+        extra = (int(d.get("units_dropped", 0)), int(d.get("malformed", 0)))
+        for v, uids in units_in.items():
             units = self.units[v]
             for uid in uids:
+                if uid in units:
+                    continue
                 if len(units) >= self.max_users:
                     self.units_dropped += 1
                 else:
-                    units.add(int(uid))
-        self.units_dropped += int(d.get("units_dropped", 0))
-        for metric, v, table in d["tables"]:
-            if v not in VARIANTS:
-                raise ValueError(f"unknown variant {v!r}")
-            self.table(str(metric), v).merge_wire(table)
-        self.malformed += int(d.get("malformed", 0))
+                    units.add(uid)
+        for metric, v, rows, dropped in tables_in:
+            table = self.table(metric, v)
+            for uid, count, total, nonzero in rows:
+                table.add(uid, total, count, nonzero)
+            table.dropped += dropped
+        self.units_dropped += extra[0]
+        self.malformed += extra[1]
 
     def seen(self, uid: int) -> Variant | None:
         """The variant that served this user, if any did (the newest wins: new)."""

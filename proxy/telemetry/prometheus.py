@@ -40,10 +40,19 @@ def query_for(q: PromQuery, variant: Variant) -> str:
 
 def value_of(body: Any) -> float:
     """The one number in a ``/api/v1/query`` answer; QueryError says why there is none."""
+    try:
+        return _value_of(body)
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError) as exc:
+        raise QueryError(f"an answer of an unexpected shape ({type(exc).__name__})") from None
+
+
+def _value_of(body: Any) -> float:
     if not isinstance(body, dict) or body.get("status") != "success":
         error = body.get("error") if isinstance(body, dict) else None
         raise QueryError(f"Prometheus answered an error: {error or body!r}"[:300])
-    data = body.get("data") or {}
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise QueryError("an answer without data")
     kind, result = data.get("resultType"), data.get("result")
     if kind == "scalar" and isinstance(result, list) and len(result) == 2:
         raw = result[1]
@@ -104,7 +113,9 @@ class PrometheusPoller:
         try:
             s.values.append((self.clock.wall(), await self._query(q, variant)))
             s.problem = None
-        except QueryError as exc:
+        except Exception as exc:  # anything, so a poll never dies and never keeps stale data
+            if not isinstance(exc, QueryError):
+                exc = QueryError(f"{type(exc).__name__}: {exc}"[:300])
             s.failures += 1
             if s.problem != str(exc):
                 log.warning("prometheus %s (%s): %s", name, variant, exc)

@@ -104,16 +104,22 @@ class Supervisor:
         the cluster's) as a report of their own, like a worker's."""
         reporter = f"supervisor-{os.getpid()}-{self.rt.clock.wall():.3f}"
         seq = 0
-        while True:
-            await asyncio.sleep(OWN_REPORT_EVERY)
-            outcomes = self.rt.outcomes.drain()
-            if outcomes is None:
-                continue
-            seq += 1
-            report = Report(reporter, self.rt.clock.wall(), {}, outcomes=outcomes, seq=seq)
-            self.host.ingest(report)
-            if self.proxy.member is not None:
-                self.proxy.member.offer(report)
+        try:
+            while True:
+                await asyncio.sleep(OWN_REPORT_EVERY)
+                seq = self._report_own(reporter, seq)
+        finally:
+            self._report_own(reporter, seq)  # the last events before a stop
+
+    def _report_own(self, reporter: str, seq: int) -> int:
+        outcomes = self.rt.outcomes.drain()
+        if outcomes is None:
+            return seq
+        report = Report(reporter, self.rt.clock.wall(), {}, outcomes=outcomes, seq=seq + 1)
+        self.host.ingest(report)
+        if self.proxy.member is not None:
+            self.proxy.member.offer(report)
+        return seq + 1
 
     async def _spawn(self, slot: _Slot) -> None:
         assert self.listener is not None

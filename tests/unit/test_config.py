@@ -517,7 +517,7 @@ METRIC_GATE_ERRORS = [
      "at least one of max, min, max_increase, max_decrease"),
     ({"name": "m", "max": "lots"}, "rollout.plan[0].gates.metrics[0].max", "a number"),
     ({"name": "m", "max": 1, "source": "carrier-pigeon"},
-     "rollout.plan[0].gates.metrics[0].source", "header or events or traffic"),
+     "rollout.plan[0].gates.metrics[0].source", "header or traffic"),
     ({"name": "m", "max": 1, "source": {"prometheus": {"query": "up"}}},
      "rollout.plan[0].gates.metrics[0].source.prometheus.address", "a URL"),
     ({"name": "m", "max": 1, "source": {"prometheus": {"query": "up", "address": "x"}}},

@@ -11,7 +11,7 @@ import pytest
 from proxy.config.experiment import MetricGate
 from proxy.control.analysis import Verdict
 from proxy.control.experiment_stats import Sample
-from proxy.control.metric_gates import judge_metric_gate
+from proxy.control.metric_gates import judge_metric_gate, judge_polled_gate
 from proxy.telemetry.prometheus import QueryError, value_of
 
 
@@ -23,14 +23,30 @@ def _normal(mean: float, sd: float, n: int, seed: int) -> Sample:
     return _s(list(np.random.default_rng(seed).normal(mean, sd, n)))
 
 
-def test_an_absolute_max_passes_breaches_or_waits() -> None:
+def test_a_gauge_max_passes_breaches_or_waits_on_its_recent_polls() -> None:
     gate = MetricGate("memory_bytes", source="prometheus", max=1e9, min_samples=3)
-    assert judge_metric_gate(gate, _s([]), _s([8e8] * 5)).verdict is Verdict.PASS
-    assert judge_metric_gate(gate, _s([]), _s([2e9] * 5)).verdict is Verdict.BREACH
-    assert judge_metric_gate(gate, _s([]), _s([8e8] * 2)).verdict is Verdict.INCONCLUSIVE
-    # noisy polls around the limit: neither side is confident
-    assert judge_metric_gate(gate, _s([]), _s([0.9e9, 1.1e9, 0.95e9, 1.05e9])).verdict \
-        is Verdict.INCONCLUSIVE
+    assert judge_polled_gate(gate, [], [8e8] * 5).verdict is Verdict.PASS
+    assert judge_polled_gate(gate, [], [2e9] * 5).verdict is Verdict.BREACH
+    assert judge_polled_gate(gate, [], [8e8] * 2).verdict is Verdict.INCONCLUSIVE
+    # one poll over the limit among the recent ones: not a pass, not yet a breach
+    assert judge_polled_gate(gate, [], [8e8, 8e8, 1.2e9, 8e8]).verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_gauge_is_judged_by_what_it_reads_now_not_the_phase_average() -> None:
+    """The review found the first version averaging every poll of the phase: memory at
+    0.5 GB for 195 polls then 3 GB for 5 passed a 1 GB gate."""
+    gate = MetricGate("memory_bytes", source="prometheus", max=1e9, min_samples=30)
+    assert judge_polled_gate(gate, [], [5e8] * 195 + [3e9] * 5).verdict is Verdict.BREACH
+    hits = MetricGate("cache_hit_rate", source="prometheus", min=0.6, min_samples=30)
+    assert judge_polled_gate(hits, [], [0.9] * 190 + [0.1] * 10).verdict is Verdict.BREACH
+    assert judge_polled_gate(hits, [], [0.9] * 190 + [0.1]).verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_gauge_relative_bound_reads_new_against_original_round_by_round() -> None:
+    gate = MetricGate("memory_bytes", source="prometheus", max_increase=0.2, min_samples=3)
+    assert judge_polled_gate(gate, [1e9] * 5, [1.1e9] * 5).verdict is Verdict.PASS
+    assert judge_polled_gate(gate, [1e9] * 5, [1.5e9] * 5).verdict is Verdict.BREACH
+    assert judge_polled_gate(gate, [], [1.5e9] * 5).verdict is Verdict.INCONCLUSIVE
 
 
 def test_a_min_on_a_noisy_per_user_metric_needs_confidence_both_ways() -> None:
@@ -52,16 +68,15 @@ def test_a_relative_increase_is_judged_on_the_lift_over_original() -> None:
 
 def test_a_problem_is_inconclusive_never_a_pass() -> None:
     gate = MetricGate("memory_bytes", source="prometheus", max=1e9, min_samples=3)
-    found = judge_metric_gate(gate, _s([]), _s([1.0] * 10), "no data (the query returned "
-                              "no series)")
+    found = judge_polled_gate(gate, [], [1.0] * 10, "no data (the query returned no series)")
     assert found.verdict is Verdict.INCONCLUSIVE and "never a pass" in found.detail
 
 
 def test_every_bound_of_one_gate_must_pass() -> None:
-    gate = MetricGate("ratio", max=0.9, min=0.5, min_samples=3)
-    assert judge_metric_gate(gate, _s([]), _s([0.7] * 5)).verdict is Verdict.PASS
-    assert judge_metric_gate(gate, _s([]), _s([0.95] * 5)).verdict is Verdict.BREACH
-    assert judge_metric_gate(gate, _s([]), _s([0.4] * 5)).verdict is Verdict.BREACH
+    gate = MetricGate("ratio", source="prometheus", max=0.9, min=0.5, min_samples=3)
+    assert judge_polled_gate(gate, [], [0.7] * 5).verdict is Verdict.PASS
+    assert judge_polled_gate(gate, [], [0.95] * 5).verdict is Verdict.BREACH
+    assert judge_polled_gate(gate, [], [0.4] * 5).verdict is Verdict.BREACH
 
 
 def _vector(*values: str) -> dict[str, Any]:
