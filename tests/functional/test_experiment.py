@@ -222,8 +222,8 @@ async def test_metrics_export_the_experiment_per_variant_and_metric(
 async def test_the_split_is_fixed_while_the_experiment_runs(
         experiment: tuple[ProxyServer, str]) -> None:
     server, base = experiment
-    async with aiohttp.ClientSession() as s:
-        async with s.put(f"{base}/weights", json={"new": 10}, headers=AUTH) as r:
-            assert r.status == 409
-            assert "experiment" in (await r.json())["detail"]
+    async with aiohttp.ClientSession() as s, s.put(f"{base}/weights", json={"new": 10},
+                                                    headers=AUTH) as r:
+        assert r.status == 409
+        assert "experiment" in (await r.json())["detail"]
     assert server.rt.live.new_weight_bp == 5000
