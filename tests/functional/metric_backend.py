@@ -3,7 +3,13 @@ sent, so a test knows every user's values exactly."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from aiohttp import web
+
+from admin.server import AdminServer
+from proxy.runtime.server import ProxyServer
 
 
 def accuracy(variant: str, user: str, i: int) -> float:
@@ -44,3 +50,18 @@ class MetricBackend:
     async def close(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+async def start_experiment(backends: dict[str, MetricBackend],
+                           start_veer: Callable[[dict[str, Any]], Awaitable[ProxyServer]],
+                           experiment: dict[str, Any], token: str
+                           ) -> tuple[ProxyServer, AdminServer]:
+    """veer in front of ``backends`` running ``experiment``, with its admin API (the caller
+    stops the admin server; ``start_veer`` stops veer)."""
+    cfg = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+           "upstreams": {v: {"endpoints": [b.url]} for v, b in backends.items()},
+           "routing": {"salt": "exp"}, "experiment": experiment}
+    server = await start_veer(cfg)
+    admin = AdminServer(server.rt, token=token, token_from_config=False)
+    await admin.start()
+    return server, admin

@@ -19,7 +19,7 @@ from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
-from tests.functional.metric_backend import MetricBackend
+from tests.functional.metric_backend import MetricBackend, start_experiment
 from tests.functional.test_cli import Result, closed_port, veer
 from tests.functional.test_experiment import EXPERIMENT
 
@@ -53,12 +53,7 @@ class Live:
 @pytest.fixture
 async def live(metric_backends: dict[str, MetricBackend], start_veer: StartVeer
                ) -> AsyncIterator[Live]:
-    cfg = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
-           "upstreams": {v: {"endpoints": [b.url]} for v, b in metric_backends.items()},
-           "routing": {"salt": "exp"}, "experiment": EXPERIMENT}
-    server = await start_veer(cfg)
-    admin = AdminServer(server.rt, token=TOKEN, token_from_config=False)
-    await admin.start()
+    server, admin = await start_experiment(metric_backends, start_veer, EXPERIMENT, TOKEN)
     try:
         yield Live(server, admin)
     finally:

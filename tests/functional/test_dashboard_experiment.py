@@ -14,7 +14,7 @@ from admin.demo.backend import Backend
 from admin.server import AdminServer
 from tests.deadline import until
 from tests.functional.conftest import StartVeer
-from tests.functional.metric_backend import MetricBackend
+from tests.functional.metric_backend import MetricBackend, start_experiment
 from tests.functional.test_dashboard import ARTIFACTS, CHROMIUM_ARGS, PLAN, require_playwright
 from tests.functional.test_experiment import EXPERIMENT
 from tests.functional.test_rollout import rollout_config
@@ -77,12 +77,7 @@ async def test_the_experiment_panel_shows_decision_srm_metrics_and_lift_over_tim
         metric_backends: dict[str, MetricBackend], start_veer: StartVeer) -> None:
     from playwright.async_api import expect
 
-    cfg = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
-           "upstreams": {v: {"endpoints": [b.url]} for v, b in metric_backends.items()},
-           "routing": {"salt": "exp"}, "experiment": EXPERIMENT}
-    server = await start_veer(cfg)
-    admin = AdminServer(server.rt, token=TOKEN, token_from_config=False)
-    await admin.start()
+    server, admin = await start_experiment(metric_backends, start_veer, EXPERIMENT, TOKEN)
     base = f"http://127.0.0.1:{admin.port}"
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []

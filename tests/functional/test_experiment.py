@@ -13,12 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from admin.server import AdminServer
 from proxy.config.load import from_dict
 from proxy.config.reader import ConfigError
 from proxy.runtime.server import ProxyServer
 from tests.functional.conftest import StartVeer
-from tests.functional.metric_backend import MetricBackend
+from tests.functional.metric_backend import MetricBackend, start_experiment
 
 TOKEN = "exp-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,12 +34,7 @@ EXPERIMENT = {"name": "ranking-v2", "split": 50, "metrics": [
 @pytest.fixture
 async def experiment(metric_backends: dict[str, MetricBackend], start_veer: StartVeer
                      ) -> AsyncIterator[tuple[ProxyServer, str]]:
-    cfg = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
-           "upstreams": {v: {"endpoints": [b.url]} for v, b in metric_backends.items()},
-           "routing": {"salt": "exp"}, "experiment": EXPERIMENT}
-    server = await start_veer(cfg)
-    admin = AdminServer(server.rt, token=TOKEN, token_from_config=False)
-    await admin.start()
+    server, admin = await start_experiment(metric_backends, start_veer, EXPERIMENT, TOKEN)
     yield server, f"http://127.0.0.1:{admin.port}"
     await admin.stop()
 
