@@ -372,8 +372,10 @@ async def converge(veer: Veer, variant: str, backend: str, timeout: float = 10) 
     try:
         took = await until(switched, timeout, interval=0.02, what=f"every request on {want}")
     except AssertionError as e:
-        got = Counter((r.status, r.variant, r.backend, r.worker) for r in last)
-        raise AssertionError(f"{e}; the last batch got {got}") from e
+        got = Counter((r.status, r.variant, r.backend, r.worker, r.error) for r in last)
+        raise AssertionError(f"{e}; the last batch got {got}; workers now "
+                             f"{[w.pid for w in veer.workers()]}; veer's log:\n"
+                             f"{veer.logs()}") from e
     seen: Counter[int | None] = Counter()
 
     async def every_worker() -> bool:
