@@ -23,6 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.cluster.lease import RedisLease
 from proxy.cluster.redis_store import RedisStore
@@ -42,6 +45,17 @@ REDIS_ERRORS = (aioredis.RedisError, OSError)
 READ_EVERY = 0.02  # seconds between reads of the stream while it has nothing new
 
 
+def connect(url: str) -> aioredis.Redis:
+    """A client for the cluster's Redis. A pooled connection to a Redis that has since
+    restarted fails its next command with a connection error (the old socket is dead):
+    that command is sent again, once or twice, on a fresh connection. Only connection
+    errors are retried, never a timeout, which may mean the command was applied."""
+    return aioredis.from_url(
+        url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=5,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        retry_on_error=[RedisConnectionError])
+
+
 def member_id(cfg: Cluster) -> str:
     """The configured id, else ``host-pid`` (unique per process on a host)."""
     return cfg.id or f"{socket.gethostname()}-{os.getpid()}"
@@ -59,9 +73,7 @@ class Member:
         self.info = info  # what others see of us: listen, admin, pid, workers, ...
         self.tick = tick
         self.produce = produce
-        self.client: aioredis.Redis = aioredis.from_url(
-            cfg.redis, socket_timeout=1.0, socket_connect_timeout=1.0,
-            health_check_interval=5)
+        self.client = connect(cfg.redis)
         self.lease = RedisLease(self.client, cfg.name, self.id, clock, cfg.lease)
         self.store = RedisStore(self.client, cfg.name, max_events, poll=0.5,
                                 fence=self.lease.fence)

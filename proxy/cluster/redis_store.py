@@ -36,7 +36,10 @@ log = logging.getLogger("veer.cluster")
 # KEYS: state hash, announcement channel, epoch counter.
 # ARGV: expected version, document, the writer's lease epoch ('' for an operator's write).
 # An absent hash takes any expected version: a first write (0), or the last-known state
-# written back after Redis lost its data.
+# written back after Redis lost its data. The client sends a command again after a
+# connection error (see ``member.connect``); a save that had in fact been applied then
+# finds its own document at the next version and reports success, so a retried action is
+# never applied twice.
 _CAS = """
 local epoch = tonumber(ARGV[3])
 if epoch then
@@ -45,7 +48,12 @@ if epoch then
 end
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 local exists = redis.call('EXISTS', KEYS[1]) == 1
-if exists and current ~= tonumber(ARGV[1]) then return {0, current} end
+if exists and current ~= tonumber(ARGV[1]) then
+  if current == tonumber(ARGV[1]) + 1 and redis.call('HGET', KEYS[1], 'doc') == ARGV[2] then
+    return {1, current}  -- this very save, sent again after its reply was lost
+  end
+  return {0, current}
+end
 local new = tonumber(ARGV[1]) + 1
 redis.call('HSET', KEYS[1], 'version', new, 'doc', ARGV[2])
 redis.call('PUBLISH', KEYS[2], new)
@@ -145,7 +153,7 @@ class RedisStore:
             finally:
                 with contextlib.suppress(Exception):
                     # unsubscribes and gives its connection back
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _catch_up(self) -> None:
         try:

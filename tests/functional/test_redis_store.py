@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from proxy.cluster.member import connect
 from proxy.cluster.redis_store import RedisStore
 from proxy.control.state import RolloutState, StateError
 from proxy.control.store import VersionConflict
 from tests.deadline import until
+from tests.redis_server import RedisServer
 
 
 class Store(RedisStore):
@@ -118,3 +120,39 @@ async def test_a_follower_replica_applies_the_leaders_weight(redis_url: str) -> 
     finally:
         for r in runners:
             await r.stop()
+
+
+async def test_the_first_read_after_redis_restarted_succeeds(redis_server: RedisServer) -> None:
+    """CI saw an operator's advance refused with 503 "Connection closed by server" just
+    after Redis came back: the pool handed out a socket to the old process. The cluster's
+    client sends such a command again on a fresh connection."""
+    client = connect(redis_server.url)
+    store = RedisStore(client, "c-restart")
+    try:
+        await store.save(RolloutState(rollout="r", weight_bp=100), 0)
+        assert (await store.load())[1] == 1  # a pooled connection, now idle
+        redis_server.stop()
+        await redis_server.start()  # empty, on the same port
+        assert await store.load() == (None, 0)  # read on the first try, not an error
+        assert await store.save(RolloutState(rollout="r", weight_bp=100), 0) == 1
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_save_sent_again_after_its_reply_was_lost_reports_its_success(
+        redis_url: str) -> None:
+    """The client resends a command after a connection error. Were the first send applied,
+    a conflict would make the action re-read the state and apply itself a second time."""
+    a, b = Store(redis_url, "c-resend"), Store(redis_url, "c-resend")
+    try:
+        state = RolloutState(rollout="r", weight_bp=100)
+        assert await a.save(state, 0) == 1
+        assert await a.save(state, 0) == 1  # the same document again: its own success
+        with pytest.raises(VersionConflict):  # anything else at that version still conflicts
+            await b.save(RolloutState(rollout="r", weight_bp=200), 0)
+        stored, version = await a.load()
+        assert version == 1 and stored is not None and stored.weight_bp == 100
+    finally:
+        await a.close()
+        await b.close()
