@@ -4,7 +4,8 @@ One process, or with ``workers: N`` a supervisor (rollout, cluster
 membership, admin API) and N worker processes sharing the listener. Start in
 order (data plane or supervisor, workers, admin), stop in reverse. SIGTERM
 or SIGINT drains (readiness turns 503 at once; every worker drains), then
-stops everything and exits 0. SIGHUP reloads (every worker too).
+stops everything and exits 0. SIGHUP reloads (every worker too); SIGUSR1 reopens the
+access log.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from proxy.config.model import Config
 from proxy.config.reader import ConfigError
 from proxy.control.rollout import StateSaveError
 from proxy.control.state import StateError
+from proxy.runtime.access_writer import AccessLogError
 from proxy.runtime.reload import ReloadError, reload_recorded
 from proxy.runtime.server import ProxyServer, Role
 from proxy.workers.supervisor import Supervisor
@@ -70,6 +72,7 @@ async def _serve_until_signalled(proxy: ProxyServer, config: Config,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, proxy)
+    loop.add_signal_handler(signal.SIGUSR1, _reopen, proxy)
     log.info("veer listening on %s (%d worker%s), admin on %s (new weight %.2f%%)",
              config.listen, config.workers, "s" if config.workers > 1 else "",
              config.admin.listen, proxy.rt.live.new_weight_bp / 100)
@@ -89,6 +92,14 @@ def _reload(proxy: ProxyServer) -> None:
     log.info("reloaded %s: %s", proxy.rt.config.source, ", ".join(changed) or "no changes")
 
 
+def _reopen(proxy: ProxyServer) -> None:
+    """SIGUSR1: open the access log again (every worker's too), as after logrotate."""
+    try:
+        proxy.rt.reopen_access_log()
+    except AccessLogError as exc:
+        log.error("%s; still writing to the file it had open", exc)
+
+
 def _raise_fd_limit() -> None:
     """Each proxied connection holds two sockets; the default soft limit (1024) would cap
     veer near 500 clients, so take the hard limit the system allows."""
@@ -105,6 +116,7 @@ def run(config: Config) -> int:
     _raise_fd_limit()
     try:
         return uvloop.run(serve(config))
-    except (OSError, StateError, StateSaveError, RuntimeError) as exc:  # port taken, ...
+    except (OSError, StateError, StateSaveError, RuntimeError,
+            AccessLogError) as exc:  # port taken, ...
         log.error("cannot start: %s", exc)
         return 1

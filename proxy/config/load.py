@@ -16,9 +16,11 @@ import yaml
 
 from proxy.config.experiment import read_experiment
 from proxy.config.model import (
+    ACCESS_LOG_FORMATS,
     ANONYMOUS_MODES,
     BALANCE_POLICIES,
     KEY_SOURCES,
+    AccessLog,
     Address,
     Admin,
     Cluster,
@@ -206,6 +208,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
+    access_log = _read_access_log(r.section("access_log")) if r.has("access_log") else None
     # Top-level x-* keys are the user's (YAML anchors to share, as in compose files).
     r.done(tuple(k for k in data if isinstance(k, str) and k.startswith("x-")))
     if experiment is not None:
@@ -226,7 +229,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
                   routing=routing, new_weight_bp=new_bp, timeouts=timeouts, limits=limits,
                   health=health, connect_retries=retries, recording=recording, rollout=rollout,
                   state=state, upgrades=upgrades, workers=workers, cluster=cluster,
-                  experiment=experiment)
+                  experiment=experiment, access_log=access_log)
 
 
 def _workers(value: Any) -> int:
@@ -263,6 +266,17 @@ def _read_cluster(r: Reader) -> Cluster:
     )
     r.done()
     return cluster
+
+
+def _read_access_log(r: Reader) -> AccessLog:
+    """The ``access_log:`` section."""
+    log = AccessLog(
+        path=r.require("path", text, 'a file path, or "-" for standard output'),
+        format=r.field(AccessLog, "format", choice(ACCESS_LOG_FORMATS),
+                       " or ".join(ACCESS_LOG_FORMATS)),
+    )
+    r.done()
+    return log
 
 
 def _lease(seconds: float) -> float:

@@ -129,6 +129,17 @@ class Recording:
     window: int = 60  # seconds of 1 s slots kept: the longest window a query can ask for
 
 
+ACCESS_LOG_FORMATS = ("json", "combined")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """One line per request (``access_log:``), off by default."""
+
+    path: str  # a file appended to, or "-" for standard output
+    format: str = "json"  # or "combined" (nginx's and Apache's)
+
+
 @dataclass(frozen=True, slots=True)
 class Admin:
     """The admin listener."""
@@ -172,6 +183,7 @@ class Config:
     workers: int = 1  # processes on this host sharing the listener
     cluster: Cluster | None = None
     experiment: Experiment | None = None
+    access_log: AccessLog | None = None
     # The YAML it was read from: where the config came from, not a setting (not compared,
     # not shown by to_dict); a supervisor hands it to its workers.
     text: str = dataclasses.field(default="", compare=False, repr=False)

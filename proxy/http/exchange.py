@@ -37,6 +37,7 @@ class ClientSide(Protocol):
     """What an exchange needs of the client connection it answers."""
 
     slot: ClientSlot  # the client address's counters
+    peer_ip: str
     peer_ip_bytes: bytes
     last_activity: float
     upstream: UpstreamConnection | None  # the client's backpressure pauses its reading
@@ -80,11 +81,13 @@ class Exchange:
         "_slot",
         "_stale",
         "_waiter",
+        "bytes_sent",
         "chunked",
         "client",
         "close_client",
         "conn",
         "decision",
+        "endpoint",
         "failed",
         "phase",
         "req",
@@ -106,6 +109,8 @@ class Exchange:
         self.client = client
         self.req = req
         self.conn: UpstreamConnection | None = None
+        self.endpoint: Endpoint | None = None  # the last one this request went to
+        self.bytes_sent = 0  # response body bytes towards the client
         self.variant: Variant = ORIGINAL
         self.decision: Decision | None = None
         self.phase = _CONNECTING
@@ -214,6 +219,7 @@ class Exchange:
     def _bind(self, conn: UpstreamConnection, variant: Variant) -> None:
         self.variant = variant
         self.conn = conn
+        self.endpoint = conn.endpoint
         conn.endpoint.outstanding += 1
         conn.endpoint.total += 1
         conn.start(self, self.req.method == b"HEAD")
@@ -276,7 +282,9 @@ class Exchange:
         self._out.append(resp.head)
 
     def on_body(self, data: bytes) -> None:
-        self.rt.recorder.variants[self.variant].bytes_out += len(data)
+        n = len(data)
+        self.bytes_sent += n
+        self.rt.recorder.variants[self.variant].bytes_out += n
         self._out.append(h1.chunk(data) if self.chunked else data)
 
     def on_end(self) -> None:
@@ -399,9 +407,10 @@ class Exchange:
         if err.kind in COUNTED_AT_END:  # connect and no_healthy are counted where they happen
             self.rt.recorder.variants[self.variant].errors[err.kind] += 1
         self.close_client = True
+        head = self.req.method == b"HEAD"
+        self.bytes_sent = 0 if head else len(h1.error_body(err.cause))
         self.client.write(h1.error_response(err.status, err.cause,
-                                            extra=_VARIANT_HEADER[self.variant],
-                                            head=self.req.method == b"HEAD"))
+                                            extra=_VARIANT_HEADER[self.variant], head=head))
 
     def _unhealthy(self, conn: UpstreamConnection) -> None:
         """A reset, a protocol error or a timeout counts against the endpoint's health."""
@@ -430,12 +439,20 @@ class Exchange:
 
     def _record(self) -> None:
         """Latency is arrival at veer to the end of the response (or of the failure)."""
-        outcomes = self.rt.outcomes
-        if not self.snap.recording and not outcomes.active:
+        rt = self.rt
+        outcomes, access = rt.outcomes, rt.access_log
+        if not self.snap.recording and not outcomes.active and access is None:
             return
         now = time.monotonic()  # the clock req.arrival was read from (see inbound)
-        latency_us = int((now - self.req.arrival) * 1_000_000)
+        req = self.req
+        latency_us = int((now - req.arrival) * 1_000_000)
         status = self.status if 100 <= self.status < 600 else 0
+        if access is not None:
+            ep, err = self.endpoint, self._error
+            access.add((req.arrival, req.method, req.url, req.version, status, self.variant,
+                        latency_us, self.bytes_sent,
+                        ep.label if ep is not None else err.upstream if err is not None else None,
+                        self.client.peer_ip, req.headers, err.kind if err is not None else None))
         if outcomes.active and self.decision is not None:
             outcomes.request(self.variant, self.decision.user, latency_us,
                              self.failed or status >= 500 or status == 0)

@@ -254,8 +254,9 @@ class ClientConnection(ConnectionEnd, asyncio.Protocol):
             # routed, so it counts against no variant (a flood cannot trigger a rollback).
             self.slot.refused += 1
             self.rt.clients.refused += 1
-            self.write(h1.error_response(503, "too many concurrent requests from this client",
-                                         head=req.method == b"HEAD"))
+            cause = "too many concurrent requests from this client"
+            self._log_refused(req, 503, cause)
+            self.write(h1.error_response(503, cause, head=req.method == b"HEAD"))
             self.close()
             return
         if (req.expect_continue and req.version == "1.1" and req.body is not None
@@ -327,11 +328,25 @@ class ClientConnection(ConnectionEnd, asyncio.Protocol):
             self._fatal = b""
             active.abort(ProxyError("client", cause, status))
             return
+        self._log_refused(req, status, cause)
         self._fatal = h1.error_response(status, cause,
                                         head=req is not None and req.method == b"HEAD")
         if self._active is None and not self._queue:
             self.write(self._fatal)
             self.close()
+
+    def _log_refused(self, req: Request | None, status: int, cause: str) -> None:
+        """An access-log line for a request veer answered without routing it."""
+        access = self.rt.access_log
+        if access is None:
+            return
+        now = time.monotonic()
+        head = req is not None and req.method == b"HEAD"
+        if req is None:
+            req = Request(now)  # broken before its method was read
+        access.add((req.arrival, req.method, req.url, req.version, status, None,
+                    int((now - req.arrival) * 1_000_000), 0 if head else len(h1.error_body(cause)),
+                    None, self.peer_ip, req.headers, "client"))
 
     # -- I/O helpers ----------------------------------------------------------
     def write(self, data: bytes) -> None:

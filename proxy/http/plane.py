@@ -8,8 +8,8 @@ ever copied into a connection, and nothing in flight sees half a reload.
 
 ``DataPlane`` is what every connection of the process shares: the current
 snapshot, the ``LiveState`` the controller writes, the recorder, the client
-table, the deadline sweeper, the open connections (for drain) and the one
-upstream read buffer.
+table, the deadline sweeper, the open connections (for drain), the one
+upstream read buffer and the access log's buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from proxy.config.model import Config, Limits, Timeouts
 from proxy.http.fairness import ClientTable
 from proxy.routing.live import LiveState
 from proxy.routing.router import Router
+from proxy.telemetry.access_log import AccessLogBuffer
 from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.recorder import Recorder
 from proxy.timing.sweeper import Sweeper
@@ -91,6 +92,7 @@ class DataPlane:
         self.recorder = Recorder(config.recording.window)
         self.outcomes = Outcomes()
         configure_outcomes(self.outcomes, config)
+        self.access_log: AccessLogBuffer | None = None  # set while a writer takes its lines
         self.clients = ClientTable()
         self.connections: set[Drainable] = set()
         self.read_buffer = ReadBuffer()  # where every upstream read lands (see upstream)

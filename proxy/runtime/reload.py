@@ -18,6 +18,7 @@ from proxy.config.load import load, parse
 from proxy.config.model import Config
 from proxy.control.state import Event
 from proxy.http.plane import Snapshot
+from proxy.runtime.access_writer import AccessLogError
 from proxy.runtime.runtime import Runtime
 
 FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster", "experiment")
@@ -71,6 +72,11 @@ def reload_recorded(rt: Runtime, actor: str, path: str | None = None,
 
 def apply(rt: Runtime, new: Config, changed: list[str]) -> None:
     """Swap in ``new``; every request that arrives after this sees it."""
+    if "access_log" in changed:  # first: the one step that can fail (opening the file)
+        try:
+            rt.set_access_log(new.access_log)
+        except AccessLogError as exc:
+            raise ReloadError(f"{exc} (the running config is unchanged)") from None
     rt.swap(Snapshot.build(new, rt.snapshot))
     if "new_weight_bp" in changed and rt.rollout is None and rt.weights_from_config:
         rt.live.set_weight(new.new_weight_bp)

@@ -12,10 +12,11 @@ workers', or this process's; /status).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from proxy.config.model import Config
+from proxy.config.model import AccessLog, Config
 from proxy.control.experiments import ExperimentRunner
 from proxy.control.journal import EventLog, Journal
 from proxy.control.metric_events import Ingested, ingest
@@ -23,6 +24,8 @@ from proxy.control.rollout import RolloutRunner
 from proxy.control.shared_weights import SharedWeights
 from proxy.http.plane import DataPlane, metric_sources
 from proxy.routing.variant import Variant
+from proxy.runtime.access_writer import AccessLogWriter, open_log
+from proxy.telemetry.access_log import AccessLogBuffer
 from proxy.telemetry.prometheus import PrometheusPoller
 from proxy.telemetry.report import EndpointReading
 from proxy.telemetry.source import LocalTelemetry, Picture, TelemetrySource
@@ -72,11 +75,42 @@ class Runtime(DataPlane):
         self.cluster: Membership | None = None
         self.shared_weights: SharedWeights | None = None  # a cluster without a rollout
         self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
+        self.reopen_hooks: list[Callable[[], None]] = []  # after SIGUSR1 (workers)
         self.weights_from_config = True  # False: the live weight comes from elsewhere
         self.workers: Workers | None = None  # a supervisor's
         self.prometheus: PrometheusPoller | None = None  # metric gates' queries, if any
         exp = config.experiment
         self.experiment = ExperimentRunner(exp, self.clock.wall()) if exp is not None else None
+        self.serves = True  # False for a supervisor: its workers serve (and log)
+        self.access_writer: AccessLogWriter | None = None
+
+    def set_access_log(self, cfg: AccessLog | None) -> None:
+        """Start, change or stop the access log. Raises ``AccessLogError`` when the new file
+        cannot be opened; the log as it was then goes on unchanged."""
+        writer = self.access_writer
+        if cfg is not None and not self.serves:
+            os.close(open_log(cfg.path))  # its workers will open it: refuse what they cannot
+            return
+        if cfg is None:
+            if writer is not None:
+                writer.close()
+            self.access_writer = self.access_log = None
+        elif writer is None:
+            buffer = AccessLogBuffer(cfg.format)
+            self.access_writer = writer = AccessLogWriter(cfg, buffer)  # opens the file
+            writer.start(self.loop)
+            self.access_log = buffer
+        elif writer.cfg != cfg:
+            writer.flush()  # the lines so far, in the old format and file
+            writer.reopen(cfg)
+
+    def reopen_access_log(self) -> None:
+        """SIGUSR1: open the access log's path again (logrotate moved the file)."""
+        if self.access_writer is not None:
+            self.access_writer.flush()
+            self.access_writer.reopen()
+        for hook in self.reopen_hooks:  # a supervisor's workers reopen theirs
+            hook()
 
     def record_events(self, events: list[Any]) -> Ingested:
         """Outcome events (``POST /experiments/{name}/events``): each attributed to the variant

@@ -59,6 +59,7 @@ class ProxyServer:
         self.member: Member | None = None
         if role is Role.WORKER:
             self.rt.weights_from_config = False  # the supervisor sends the live state
+        self.rt.serves = role is not Role.SUPERVISOR
         if role is Role.SUPERVISOR:  # the host's picture is its workers' reports
             self.rt.host_view = self.rt.view = MergedTelemetry(self.rt.clock,
                                                                config.recording.window)
@@ -90,6 +91,8 @@ class ProxyServer:
         async with contextlib.AsyncExitStack() as stack:
             rt.sweeper.start()
             stack.push_async_callback(rt.sweeper.stop)
+            rt.set_access_log(self.config.access_log)  # AccessLogError: not started
+            stack.callback(rt.set_access_log, None)  # the last lines written
             stack.callback(self._close_idle)  # the pools current at stop, after a reload too
             deciding = self.role is not Role.WORKER
             if deciding and self.config.cluster is not None:

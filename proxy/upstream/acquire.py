@@ -49,7 +49,8 @@ async def acquire(pools: Pools, variant: Variant, loop: asyncio.AbstractEventLoo
                 recorder.variants[variant].errors["connect"] += 1
                 balancer.report_failure(ep, loop.time())
                 cause = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
-                last_error = ProxyError("connect", f"upstream connect failed ({variant}: {cause})")
+                last_error = ProxyError("connect", f"upstream connect failed ({variant}: {cause})",
+                                        upstream=ep.label)
         failover = pools.failover if variant != ORIGINAL else None
         if failover is None:
             if last_error is None:

@@ -37,7 +37,9 @@ class ProxyError(Exception):
     """A failure veer answers itself (``h1.error_response``), before any response byte of the
     upstream went to the client. ``kind`` is a key of ``KINDS``; ``status`` defaults to its."""
 
-    def __init__(self, kind: str, cause: str, status: int | None = None) -> None:
+    def __init__(self, kind: str, cause: str, status: int | None = None,
+                 upstream: str | None = None) -> None:
         super().__init__(cause)
         self.kind, self.cause = kind, cause
+        self.upstream = upstream  # the endpoint it happened at, when no connection was had
         self.status = KINDS[kind].status if status is None else status

@@ -83,11 +83,16 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
     return tokens
 
 
+def error_body(cause: str) -> bytes:
+    """The body of veer's own error answer."""
+    return f"veer: {cause}\n".encode()
+
+
 def error_response(code: int, cause: str, close: bool = True,
                    extra: bytes = b"", head: bool = False) -> bytes:
     """A complete short plain-text response naming the cause, e.g. for 502/503/504; for a
     HEAD request (``head``) the same head without the body (RFC 9110 9.3.2)."""
-    body = f"veer: {cause}\n".encode()
+    body = error_body(cause)
     return b"".join((
         STATUS_LINES[code],
         b"content-type: text/plain; charset=utf-8\r\n",

@@ -93,6 +93,7 @@ class Supervisor:
             self.proxy.member.info["listen"] = f"{listen.host}:{self.port}"
         self.rt.live.on_change = self._push_live
         self.rt.reload_hooks.append(self._reload_workers)
+        self.rt.reopen_hooks.append(self._reopen_workers)
         self.rt.workers = self
         self._own = asyncio.get_running_loop().create_task(self._own_outcomes(),
                                                            name="veer-supervisor-outcomes")
@@ -196,6 +197,11 @@ class Supervisor:
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.send({"reload": text})
+
+    def _reopen_workers(self) -> None:
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send({"reopen": True})
 
     async def stop(self, timeout: float) -> bool:
         """SIGTERM every worker (each drains), wait up to ``timeout`` plus a margin, kill

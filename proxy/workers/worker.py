@@ -24,6 +24,7 @@ import uvloop
 
 from proxy.config.load import parse
 from proxy.config.reader import ConfigError
+from proxy.runtime.access_writer import AccessLogError
 from proxy.runtime.reload import ReloadError, reload_recorded
 from proxy.runtime.server import ProxyServer, Role
 from proxy.telemetry.report import Reporter
@@ -51,8 +52,14 @@ async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    for sig in (signal.SIGINT, signal.SIGHUP):  # the supervisor orchestrates both
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):  # the supervisor's to give
         loop.add_signal_handler(sig, lambda: None)
+
+    def reopen() -> None:
+        try:
+            rt.reopen_access_log()
+        except AccessLogError as exc:
+            log.error("worker %d: %s; still writing to the file it had open", index, exc)
 
     def report() -> None:
         channel.send({"report": reporter.report(rt.endpoint_readings()).to_wire()})
@@ -76,6 +83,8 @@ async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
                 return
             if "live" in message:
                 rt.live.take(message["live"])
+            if "reopen" in message:
+                reopen()
             if "reload" in message:
                 try:
                     reload_recorded(rt, "supervisor", text=message["reload"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -60,6 +61,19 @@ async def start_veer() -> AsyncIterator[StartVeer]:
     yield start
     for s in reversed(servers):
         await s.stop()
+
+
+@pytest.fixture
+def veer_process() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; any still running at the end are killed (by PID)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        if p.stderr is not None:
+            p.stderr.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -37,19 +37,6 @@ def write_config(tmp_path: Path, backends: dict[str, Backend], **extra: object) 
     path = tmp_path / "veer.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-@pytest.fixture
-def veer_process(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started by a test; any still running at the end are killed (by PID)."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(5)
-        if p.stderr is not None:
-            p.stderr.close()
 
 
 async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
