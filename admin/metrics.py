@@ -98,7 +98,8 @@ class VeerCollector(Collector):
         yield weight
 
         healthy = GaugeMetricFamily("veer_endpoint_healthy",
-                                    "1 if the endpoint is not ejected by passive health.",
+                                    "1 if the endpoint is in rotation: not ejected by passive "
+                                    "health, not down by active health checks.",
                                     labels=["variant", "endpoint"])
         opened = CounterMetricFamily("veer_upstream_connections_opened",
                                      "New upstream connections (keep-alive reuse shows here).",
@@ -108,6 +109,13 @@ class VeerCollector(Collector):
             opened.add_metric([e.variant, e.label], e.connects)
         yield healthy
         yield opened
+        if rt.health_checker is not None:
+            moves = CounterMetricFamily("veer_endpoint_health_transitions",
+                                        "Active health check transitions (to: up or down).",
+                                        labels=["variant", "endpoint", "to"])
+            for (variant, label, to), n in sorted(rt.health_checker.transitions.items()):
+                moves.add_metric([variant, label, to], n)
+            yield moves
 
         if rt.rollout is not None:
             c = rt.rollout.controller

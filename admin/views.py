@@ -38,6 +38,7 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                        "since_phase": _stats(view.since_marked(v))}
     out = {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
            "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+    out["endpoints"] = endpoints(rt)
     if rt.workers is not None:
         out["workers"] = {"count": rt.config.workers, "alive": rt.workers.alive,
                           "restarts": rt.workers.restarts}
@@ -50,6 +51,23 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                              "decision": last["decision"] if last else None,
                              "srm_mismatch": last["srm"]["mismatch"] if last else None,
                              "results": f"/experiments/{rt.experiment.exp.name}/results"}
+    return out
+
+
+def endpoints(rt: Runtime) -> list[dict[str, Any]]:
+    """This host's endpoints: in rotation or not, and why (passive ejection, or the active
+    health checks and what their last probe saw)."""
+    now = rt.loop.time()
+    active = rt.config.health.active is not None
+    out = []
+    for variant, ep in rt.endpoints():
+        row: dict[str, Any] = {"variant": variant, "endpoint": ep.label,
+                               "healthy": ep.healthy(now), "outstanding": ep.outstanding,
+                               "ejections": ep.ejections}
+        if active:
+            row["active"] = {"down": ep.probe_down, "last": ep.probe or None,
+                             "streak": ep.probe_streak}
+        out.append(row)
     return out
 
 

@@ -21,6 +21,7 @@ from proxy.config.model import (
     BALANCE_POLICIES,
     KEY_SOURCES,
     AccessLog,
+    ActiveHealth,
     Address,
     Admin,
     Cluster,
@@ -192,7 +193,9 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         "max_concurrent_per_client": (int_range(0, 1_000_000), "an integer 0..1000000"),
         "min_body_rate": SIZE,
     })
-    health = read_flat(r.section("health"), Health(), {
+    h = r.section("health")
+    active = _read_active_health(h.section("active")) if h.has("active") else None
+    health = read_flat(h, Health(active=active), {
         "consecutive_failures": positive(1_000_000), "ejection_time": DUR,
         "max_ejected_percent": (int_range(0, 100), "an integer 0..100"),
     })
@@ -266,6 +269,59 @@ def _read_cluster(r: Reader) -> Cluster:
     )
     r.done()
     return cluster
+
+
+def _read_active_health(r: Reader) -> ActiveHealth:
+    """``health.active``: probes of every endpoint, with or without traffic."""
+    seconds = "a duration 10ms..1h, e.g. 2s"
+    a = ActiveHealth(
+        path=r.field(ActiveHealth, "path", _probe_path, "a path starting with /, e.g. /healthz"),
+        interval=r.field(ActiveHealth, "interval", _probe_duration, seconds),
+        timeout=r.field(ActiveHealth, "timeout", _probe_duration, seconds),
+        healthy=r.field(ActiveHealth, "healthy", int_range(1, 100), "an integer 1..100"),
+        unhealthy=r.field(ActiveHealth, "unhealthy", int_range(1, 100), "an integer 1..100"),
+        expect=r.field(ActiveHealth, "expect", _status_range,
+                       'a status or range of statuses, e.g. 200 or "200-399"'),
+        host=r.field(ActiveHealth, "host", _host_header, "a host name, e.g. app.internal"),
+    )
+    r.done()
+    if a.timeout > a.interval:
+        raise r.fail("timeout", a.timeout, f"at most the interval ({a.interval:g}s)")
+    return a
+
+
+def _probe_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not all(
+            33 <= ord(c) < 127 for c in value):
+        raise ValueError
+    return value
+
+
+def _probe_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0.01 <= seconds <= 3600:
+        raise ValueError
+    return seconds
+
+
+def _status_range(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, str) and value.count("-") == 1:
+        a, b = value.split("-")
+        lo, hi = int(a), int(b)
+    else:
+        raise ValueError
+    if not 100 <= lo <= hi <= 599:
+        raise ValueError
+    return lo, hi
+
+
+def _host_header(value: Any) -> str:
+    if not isinstance(value, str) or not value or not all(
+            c.isalnum() or c in "-._:[]" for c in value):
+        raise ValueError
+    return value
 
 
 def _read_access_log(r: Reader) -> AccessLog:

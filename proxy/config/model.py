@@ -113,12 +113,28 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ActiveHealth:
+    """Active health checks (``health.active``): HAProxy's defaults, every 2 s, 2 good
+    probes to rise and 3 failed ones to fall."""
+
+    path: str = "/healthz"
+    interval: float = 2.0
+    timeout: float = 1.0
+    healthy: int = 2  # good probes in a row that bring a down endpoint back
+    unhealthy: int = 3  # failed probes in a row that take an endpoint out
+    expect: tuple[int, int] = (200, 399)  # statuses that pass, inclusive
+    host: str | None = None  # the Host header; default the endpoint's host:port
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
-    """Passive health: eject after consecutive failures, for a time, never all."""
+    """Passive health (eject after consecutive failures, for a time, never all) and,
+    when configured, active health checks."""
 
     consecutive_failures: int = 5
     ejection_time: float = 30.0
     max_ejected_percent: int = 50
+    active: ActiveHealth | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ from proxy.telemetry.prometheus import PrometheusPoller
 from proxy.telemetry.report import EndpointReading
 from proxy.telemetry.source import LocalTelemetry, Picture, TelemetrySource
 from proxy.timing.clock import Clock, SystemClock
+from proxy.upstream.active_health import ActiveHealthChecker
 from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.probe import mark
 
 
 class Telemetry(TelemetrySource, Picture, Protocol):
@@ -76,6 +78,10 @@ class Runtime(DataPlane):
         self.shared_weights: SharedWeights | None = None  # a cluster without a rollout
         self.reload_hooks: list[Callable[[], None]] = []  # after a reload applied (workers)
         self.reopen_hooks: list[Callable[[], None]] = []  # after SIGUSR1 (workers)
+        # After an active health transition (variant, endpoint label, up): a supervisor's
+        # workers take it.
+        self.health_hooks: list[Callable[[Variant, str, bool], None]] = []
+        self.health_checker: ActiveHealthChecker | None = None  # a host's one checker
         self.weights_from_config = True  # False: the live weight comes from elsewhere
         self.workers: Workers | None = None  # a supervisor's
         self.prometheus: PrometheusPoller | None = None  # metric gates' queries, if any
@@ -103,6 +109,18 @@ class Runtime(DataPlane):
         elif writer.cfg != cfg:
             writer.flush()  # the lines so far, in the old format and file
             writer.reopen(cfg)
+
+    def take_health(self, changes: list[list[Any]]) -> None:
+        """Active health transitions judged by the supervisor: ``[[variant, label, up]]``."""
+        wanted = {(str(v), str(label)): bool(up) for v, label, up in changes}
+        for variant, ep in self.endpoints():
+            up = wanted.get((variant, ep.label))
+            if up is not None:
+                mark(ep, up)
+
+    def down_endpoints(self) -> list[list[Any]]:
+        """The endpoints active health checks hold out, as ``take_health`` reads them."""
+        return [[v, ep.label, False] for v, ep in self.endpoints() if ep.probe_down]
 
     def reopen_access_log(self) -> None:
         """SIGUSR1: open the access log's path again (logrotate moved the file)."""

@@ -22,9 +22,10 @@ from proxy.control.lease import Lease, SoleLease
 from proxy.control.resume import load_state, open_store, safe_state
 from proxy.control.rollout import RolloutRunner
 from proxy.control.shared_weights import SharedWeights
-from proxy.control.state import StateError
+from proxy.control.state import Event, StateError
 from proxy.control.store import StateStore
 from proxy.http.inbound import ClientConnection
+from proxy.routing.variant import Variant
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
 from proxy.telemetry.merged import MergedTelemetry
@@ -32,6 +33,8 @@ from proxy.telemetry.prometheus import PrometheusPoller
 from proxy.telemetry.report import Reporter
 from proxy.timing.clock import Clock
 from proxy.timing.tasks import cancel
+from proxy.upstream.active_health import ActiveHealthChecker
+from proxy.upstream.endpoint import Endpoint
 
 log = logging.getLogger("veer")
 EXPERIMENT_EVERY = 1.0  # seconds between looks at an experiment's results
@@ -102,6 +105,12 @@ class ProxyServer:
                     view.outcomes.max_users = self.config.experiment.max_users
             if deciding and self.config.rollout is not None:
                 await self._start_rollout(stack)
+            if deciding:  # one checker per host; idle until health.active is configured
+                checker = rt.health_checker = ActiveHealthChecker(
+                    lambda: rt.snapshot.pools, lambda: rt.snapshot.config.health.active,
+                    self._health_changed)
+                checker.start(rt.loop)
+                stack.push_async_callback(checker.stop)
             if self.role is not Role.SUPERVISOR:
                 self._server = await (
                     rt.loop.create_server(lambda: ClientConnection(rt), sock=self.sock,
@@ -120,6 +129,19 @@ class ProxyServer:
                 task = rt.loop.create_task(self._watch_experiment(), name="veer-experiment")
                 stack.push_async_callback(cancel, task)
             self._stack = stack.pop_all()
+
+    def _health_changed(self, variant: Variant, ep: Endpoint, up: bool, seen: str) -> None:
+        """An endpoint left or rejoined rotation by its probes: an event, a log line, and
+        the news to every worker."""
+        rt = self.rt
+        to = "up" if up else "down"
+        reason = f"{seen} (active health check)"
+        (log.info if up else log.warning)("endpoint %s (%s) %s: %s", ep.label, variant, to,
+                                          reason)
+        rt.journal.record(Event(rt.clock.wall(), f"endpoint-{to}", ep.label, to, reason,
+                                "health-check", {"variant": variant, "endpoint": ep.label}))
+        for hook in rt.health_hooks:
+            hook(variant, ep.label, up)
 
     async def _watch_experiment(self) -> None:
         """Look at the experiment every second: the dashboard's history, decision events."""

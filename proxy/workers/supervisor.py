@@ -94,6 +94,7 @@ class Supervisor:
         self.rt.live.on_change = self._push_live
         self.rt.reload_hooks.append(self._reload_workers)
         self.rt.reopen_hooks.append(self._reopen_workers)
+        self.rt.health_hooks.append(self._push_health)
         self.rt.workers = self
         self._own = asyncio.get_running_loop().create_task(self._own_outcomes(),
                                                            name="veer-supervisor-outcomes")
@@ -136,7 +137,7 @@ class Supervisor:
         slot.channel = await Channel.open(parent)
         config = self.rt.config  # the one running here, not whatever the file says now
         slot.channel.send({"config": {"text": config.text, "source": config.source},
-                           "live": self.rt.live.to_wire()})
+                           "live": self.rt.live.to_wire(), "health": self.rt.down_endpoints()})
         slot.task = asyncio.get_running_loop().create_task(
             self._follow(slot, slot.proc, slot.channel), name=f"veer-worker-{slot.index}")
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
@@ -197,6 +198,11 @@ class Supervisor:
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.send({"reload": text})
+
+    def _push_health(self, variant: str, label: str, up: bool) -> None:
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send({"health": [[variant, label, up]]})
 
     def _reopen_workers(self) -> None:
         for slot in self.slots:

@@ -47,6 +47,7 @@ async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
     proxy = ProxyServer(config, sock=socket.socket(fileno=listen_fd), role=Role.WORKER)
     rt = proxy.rt
     rt.live.take(first["live"])
+    rt.take_health(first.get("health", []))
     await proxy.start()
     reporter = Reporter(f"w{index}-{os.getpid()}", rt.recorder, rt.clock, rt.outcomes)
     stop = asyncio.Event()
@@ -83,6 +84,8 @@ async def serve(listen_fd: int, channel_fd: int, index: int) -> int:
                 return
             if "live" in message:
                 rt.live.take(message["live"])
+            if "health" in message:
+                rt.take_health(message["health"])
             if "reopen" in message:
                 reopen()
             if "reload" in message:

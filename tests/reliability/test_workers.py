@@ -41,11 +41,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.deadline import until, until_sync
 from tests.ports import accepts
 from tests.reliability.processes import (
+    BACKEND_SCRIPT,
     HOST,
     ROOT,
     Backends,
     free_port,
     run_backends,
+    stop_process,
+    wait_port,
 )
 
 TOKEN = "workers-token"
@@ -783,3 +786,45 @@ async def test_ready_only_once_a_worker_serves(start_veer: StartVeer) -> None:
     assert (503, ["no worker serving yet"]) in seen, seen[:3]
     served, _ = await exchange(veer, veer.user(), timeout=2)  # ready means it answers now
     assert served.status == 200
+
+
+# -- 9. active health checks: the supervisor probes once for the host ----------------------
+async def test_a_killed_backend_leaves_every_workers_rotation_with_no_traffic(
+        start_veer: StartVeer) -> None:
+    """The supervisor probes each endpoint once per interval and pushes each transition to
+    its workers: with no client traffic at all, /metrics (the workers' readings merged)
+    turns the killed endpoint to 0, and every worker then answers from the other."""
+    port = free_port()
+    backend = subprocess.Popen([sys.executable, "-c", BACKEND_SCRIPT, f"extra:{port}"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, backend, "the backend to kill")
+        veer = await start_veer(health={"active": {"interval": "200ms", "timeout": "150ms",
+                                                   "healthy": 2, "unhealthy": 2}})
+        await all_serving(veer, 2)  # and so past start-up: SIGHUP is handled
+        cfg = veer.cfg
+        cfg["upstreams"]["original"]["endpoints"].append(f"http://{HOST}:{port}")
+        veer.write(cfg)
+        veer.proc.send_signal(signal.SIGHUP)
+        await logged(veer, "reloaded")
+        label = f"http://{HOST}:{port}"
+        key = (("endpoint", label), ("variant", "original"))
+        async with aiohttp.ClientSession() as s:
+            async def healthy_is(value: float) -> bool:
+                return series(await metrics(s, veer), "veer_endpoint_healthy").get(key) == value
+
+            await until(lambda: healthy_is(1.0), timeout=15, what="the extra endpoint up")
+            stop_process(backend)
+            killed = time.monotonic()
+            await until(lambda: healthy_is(0.0), timeout=15, interval=0.02,
+                        what="every worker to take the extra endpoint out")
+            took = time.monotonic() - killed
+            found = await events(s, veer, "endpoint-down")
+            assert [e["from"] for e in found] == [label], found
+        for _ in range(20):  # whichever worker answers, none tries the dead endpoint
+            served, _ = await exchange(veer, veer.user(), timeout=5)
+            assert served.status == 200
+        print(f"dead endpoint out of every worker's rotation {took:.2f}s after the kill "
+              "(interval 0.2 s x unhealthy 2)")
+    finally:
+        stop_process(backend)
