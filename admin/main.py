@@ -29,6 +29,7 @@ from proxy.control.state import StateError
 from proxy.runtime.access_writer import AccessLogError
 from proxy.runtime.reload import ReloadError, reload_recorded
 from proxy.runtime.server import ProxyServer, Role
+from proxy.wire.tls import TlsError
 from proxy.workers.supervisor import Supervisor
 
 log = logging.getLogger("veer")
@@ -116,7 +117,7 @@ def run(config: Config) -> int:
     _raise_fd_limit()
     try:
         return uvloop.run(serve(config))
-    except (OSError, StateError, StateSaveError, RuntimeError,
-            AccessLogError) as exc:  # port taken, ...
+    except (OSError, StateError, StateSaveError, RuntimeError, AccessLogError,
+            TlsError) as exc:  # port taken, ...
         log.error("cannot start: %s", exc)
         return 1

@@ -36,9 +36,24 @@ def _load(path: str) -> Config:
         raise SystemExit(2) from None
 
 
+def _startable(path: str) -> Config:
+    """The config, and the files it names usable (what ``run`` needs at start): exit 2
+    naming the key otherwise."""
+    from proxy.runtime.preflight import preflight
+
+    cfg = _load(path)
+    problems = preflight(cfg)
+    for problem in problems:
+        print(f"veer: config error: {path}: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+    return cfg
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config and print the effective one (defaults filled in)."""
-    cfg = _load(args.config)
+    """Validate a config and the files it names; print the effective one (defaults filled
+    in)."""
+    cfg = _startable(args.config)
     print(json.dumps(cfg.to_dict(), indent=2, default=str))
     print(f"veer: {args.config}: OK", file=sys.stderr)
     return 0
@@ -48,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM (drains) or SIGINT."""
     from admin.main import run
 
-    return run(_load(args.config))
+    return run(_startable(args.config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

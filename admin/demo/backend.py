@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -34,10 +35,11 @@ class Backend:
     runner: web.AppRunner
     seen: list[dict[str, object]] = field(default_factory=list)
     fault: Fault = field(default_factory=Fault)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -153,12 +155,14 @@ def make_app(name: str) -> web.Application:
     return app
 
 
-async def start_backend(name: str, port: int = 0) -> Backend:
-    """Start a backend on 127.0.0.1 (port 0: any free port)."""
+async def start_backend(name: str, port: int = 0,
+                        tls: ssl.SSLContext | None = None) -> Backend:
+    """Start a backend on 127.0.0.1 (port 0: any free port); HTTPS with ``tls``."""
     app = make_app(name)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls)
     await site.start()
     bound: int = runner.addresses[0][1]
-    return Backend(name, bound, runner, app[SEEN_KEY], app[FAULT_KEY])
+    return Backend(name, bound, runner, app[SEEN_KEY], app[FAULT_KEY],
+                   "https" if tls is not None else "http")

@@ -52,6 +52,7 @@ from proxy.config.reader import (
     reject,
     text,
 )
+from proxy.config.tls import UpstreamTls, read_listener_tls, read_upstream_tls
 from proxy.config.units import parse_duration, parse_percent_bp
 
 
@@ -69,11 +70,12 @@ def parse_listen(value: Any) -> Address:
 
 
 def parse_endpoint(value: Any) -> Address:
-    """``http://host:port`` (https is not supported upstream yet)."""
+    """``http://host:port`` or ``https://host:port`` (ports 80 and 443 by default)."""
     if not isinstance(value, str):
         raise ValueError
     parts = urlsplit(value)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+    if parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ValueError
     try:
         port = parts.port
@@ -82,8 +84,8 @@ def parse_endpoint(value: Any) -> Address:
     if port == 0:
         raise ValueError  # not a port one can connect to (was silently turned into 80)
     if port is None:
-        port = 80
-    return Address(parts.hostname, port)
+        port = 443 if parts.scheme == "https" else 80
+    return Address(parts.hostname, port, parts.scheme)
 
 
 def _key_source(value: Any) -> KeySource:
@@ -105,14 +107,15 @@ def _read_pool(r: Reader, name: str, others: tuple[str, ...]) -> Pool:
             endpoints.append(parse_endpoint(url))
         except (ValueError, TypeError):
             raise p.fail(f"endpoints[{i}]", url, "an endpoint URL like http://127.0.0.1:9001 "
-                         "(http, host, optional port 1..65535, no path)") from None
+                         "(http or https, host, optional port 1..65535, no path)") from None
     balance = p.field(Pool, "balance", choice(BALANCE_POLICIES),
                     " or ".join(BALANCE_POLICIES))
     pick_other = choice(others)
     failover = p.field(Pool, "failover", lambda v: None if v in (None, "none") else pick_other(v),
                      "none or " + " or ".join(others))
+    tls = read_upstream_tls(p.section("tls")) if p.has("tls") else UpstreamTls()
     p.done()
-    return Pool(tuple(endpoints), balance, failover)
+    return Pool(tuple(endpoints), balance, failover, tls)
 
 
 def _read_cohort(r: Reader) -> Cohort:
@@ -212,6 +215,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
     access_log = _read_access_log(r.section("access_log")) if r.has("access_log") else None
+    tls = read_listener_tls(r.section("tls")) if r.has("tls") else None
     # Top-level x-* keys are the user's (YAML anchors to share, as in compose files).
     r.done(tuple(k for k in data if isinstance(k, str) and k.startswith("x-")))
     if experiment is not None:
@@ -232,7 +236,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
                   routing=routing, new_weight_bp=new_bp, timeouts=timeouts, limits=limits,
                   health=health, connect_retries=retries, recording=recording, rollout=rollout,
                   state=state, upgrades=upgrades, workers=workers, cluster=cluster,
-                  experiment=experiment, access_log=access_log)
+                  experiment=experiment, access_log=access_log, tls=tls)
 
 
 def _workers(value: Any) -> int:

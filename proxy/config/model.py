@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.config.experiment import Experiment
 from proxy.config.plan import Rollout, StateConfig, describe
+from proxy.config.tls import ListenerTls, UpstreamTls
 
 KEY_SOURCES = ("header", "cookie", "query")
 BALANCE_POLICIES = ("round_robin", "least_outstanding")
@@ -24,6 +25,7 @@ class Address:
 
     host: str
     port: int
+    scheme: str = "http"  # an upstream endpoint's: http or https
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -37,6 +39,12 @@ class Pool:
     balance: str = "round_robin"
     # Where to send a request when this pool cannot: "original" or None.
     failover: str | None = None
+    tls: UpstreamTls = UpstreamTls()  # noqa: RUF009 (frozen) for its https:// endpoints
+
+    @property
+    def secure(self) -> bool:
+        """Some endpoint is https://."""
+        return any(a.scheme == "https" for a in self.endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +208,7 @@ class Config:
     cluster: Cluster | None = None
     experiment: Experiment | None = None
     access_log: AccessLog | None = None
+    tls: ListenerTls | None = None  # the listener serves HTTPS
     # The YAML it was read from: where the config came from, not a setting (not compared,
     # not shown by to_dict); a supervisor hands it to its workers.
     text: str = dataclasses.field(default="", compare=False, repr=False)
@@ -208,6 +217,8 @@ class Config:
         """The effective config as plain data (for ``veer check``)."""
         plain: dict[str, Any] = _plain(dataclasses.asdict(self))
         del plain["text"]
+        for listener in (plain["listen"], plain["admin"]["listen"]):
+            del listener["scheme"]  # an upstream's; a listener's is tls: or not
         if self.rollout is not None:
             plain["rollout"]["phases"] = describe(self.rollout)  # the expanded plan
         return plain

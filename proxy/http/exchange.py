@@ -39,6 +39,7 @@ class ClientSide(Protocol):
     slot: ClientSlot  # the client address's counters
     peer_ip: str
     peer_ip_bytes: bytes
+    proto: bytes  # b"http" or b"https": the client connection's scheme
     last_activity: float
     upstream: UpstreamConnection | None  # the client's backpressure pauses its reading
     closed: bool
@@ -155,7 +156,7 @@ class Exchange:
                     self.sent_at = rt.loop.time()
                     self.phase = _WAITING
                     conn.write(request_head(req, self.client.peer_ip_bytes,
-                                            ep.authority))
+                                            ep.authority, self.client.proto))
                     return
                 self._first = ep
         self._waiter = rt.loop.create_future()
@@ -179,7 +180,8 @@ class Exchange:
             if self._settled:  # the client left or was rejected while we connected
                 self._release(conn, keep=False)
                 return
-            head = request_head(self.req, self.client.peer_ip_bytes, conn.endpoint.authority)
+            head = request_head(self.req, self.client.peer_ip_bytes, conn.endpoint.authority,
+                                self.client.proto)
             await self._send(conn, head)
             assert self._waiter is not None
             await self._waiter

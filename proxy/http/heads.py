@@ -19,12 +19,14 @@ _DROP_RESPONSE = h1.HOP_BY_HOP | h1.FRAMING | {METRIC_HEADER}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name nothing beyond hop-by-hop
 
 
-def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
+def request_head(req: Request, peer_ip: bytes, fallback_host: bytes,
+                 proto: bytes = b"http") -> bytes:
     """The head to send upstream for ``req`` from the client at ``peer_ip``.
 
     ``req.headers`` holds what the parser kept (none of ``h1.REQUEST_NOT_FORWARDED``);
     headers the client's Connection header names are dropped here. ``fallback_host`` is
-    used when an HTTP/1.0 client sent no Host (HTTP/1.1 needs one).
+    used when an HTTP/1.0 client sent no Host (HTTP/1.1 needs one). ``proto`` is the
+    client connection's scheme, for X-Forwarded-Proto.
     """
     parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
     if req.connection_tokens:
@@ -36,7 +38,7 @@ def request_head(req: Request, peer_ip: bytes, fallback_host: bytes) -> bytes:
         for name, value in req.headers:
             parts += (name, b": ", value, b"\r\n")
     xff = peer_ip if req.xff is None else req.xff + b", " + peer_ip
-    parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\n")
+    parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
     if req.host is not None:
         parts += (b"x-forwarded-host: ", req.host, b"\r\n")
     else:

@@ -48,8 +48,9 @@ UPGRADE_HOLD = 64 * 1024
 class ClientConnection(ConnectionEnd, asyncio.Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
-    def __init__(self, rt: DataPlane) -> None:
+    def __init__(self, rt: DataPlane, proto: bytes = b"http") -> None:
         self.rt = rt
+        self.proto = proto  # b"https" behind veer's TLS listener
         self.loop = rt.loop
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""

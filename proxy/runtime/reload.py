@@ -7,7 +7,9 @@ request of every connection reads it, and endpoints that stay keep their
 connections and health. Weights are live state: the config's weight applies
 only when no rollout drives it. What cannot change in a running process
 (listeners, the rollout plan, the state file, the recording window) is
-refused, naming the key.
+refused, naming the key. The listener's certificate and key files are read again
+on every reload (renewed in place, or new paths): new handshakes get them, open
+connections keep theirs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from proxy.control.state import Event
 from proxy.http.plane import Snapshot
 from proxy.runtime.access_writer import AccessLogError
 from proxy.runtime.runtime import Runtime
+from proxy.wire.tls import TlsError, server_context
 
 FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster", "experiment")
 
@@ -47,6 +50,10 @@ def reload(rt: Runtime, path: str | None = None, text: str | None = None) -> lis
     fixed = [k for k in changed if k in FIXED]
     if old.recording.window != new.recording.window:
         fixed.append("recording.window")
+    if (old.tls is None) != (new.tls is None) or (
+            old.tls is not None and new.tls is not None
+            and old.tls.min_version != new.tls.min_version):
+        fixed.append("tls (on or off, min_version; certificate files do reload)")
     if old.experiment is not None and "routing" in changed:
         # A new salt or cohort list would move users between variants mid-experiment, and
         # the split would still look right to the sample-ratio check.
@@ -71,12 +78,19 @@ def reload_recorded(rt: Runtime, actor: str, path: str | None = None,
 
 
 def apply(rt: Runtime, new: Config, changed: list[str]) -> None:
-    """Swap in ``new``; every request that arrives after this sees it."""
-    if "access_log" in changed:  # first: the one step that can fail (opening the file)
-        try:
+    """Swap in ``new``; every request that arrives after this sees it. What can fail
+    (certificate, key and CA files, the access log's file) is read first, and a failure
+    changes nothing (``ReloadError``)."""
+    try:
+        # Read again even when the paths are the same: renewed in place is the usual case.
+        listener = server_context(new.tls) if new.tls is not None else None
+        snapshot = Snapshot.build(new, rt.snapshot)  # upstream TLS contexts
+        if "access_log" in changed:
             rt.set_access_log(new.access_log)
-        except AccessLogError as exc:
-            raise ReloadError(f"{exc} (the running config is unchanged)") from None
-    rt.swap(Snapshot.build(new, rt.snapshot))
+    except (TlsError, AccessLogError) as exc:
+        raise ReloadError(f"{exc} (the running config is unchanged)") from None
+    if listener is not None and new.tls is not None and rt.certificates is not None:
+        rt.certificates.use(new.tls, listener)
+    rt.swap(snapshot)
     if "new_weight_bp" in changed and rt.rollout is None and rt.weights_from_config:
         rt.live.set_weight(new.new_weight_bp)

@@ -33,6 +33,7 @@ from proxy.timing.clock import Clock, SystemClock
 from proxy.upstream.active_health import ActiveHealthChecker
 from proxy.upstream.endpoint import Endpoint
 from proxy.upstream.probe import mark
+from proxy.wire.tls import ListenerCertificates
 
 
 class Telemetry(TelemetrySource, Picture, Protocol):
@@ -82,6 +83,7 @@ class Runtime(DataPlane):
         # workers take it.
         self.health_hooks: list[Callable[[Variant, str, bool], None]] = []
         self.health_checker: ActiveHealthChecker | None = None  # a host's one checker
+        self.certificates: ListenerCertificates | None = None  # a TLS listener's
         self.weights_from_config = True  # False: the live weight comes from elsewhere
         self.workers: Workers | None = None  # a supervisor's
         self.prometheus: PrometheusPoller | None = None  # metric gates' queries, if any

@@ -35,6 +35,7 @@ from proxy.timing.clock import Clock
 from proxy.timing.tasks import cancel
 from proxy.upstream.active_health import ActiveHealthChecker
 from proxy.upstream.endpoint import Endpoint
+from proxy.wire.tls import ListenerCertificates, server_context
 
 log = logging.getLogger("veer")
 EXPERIMENT_EVERY = 1.0  # seconds between looks at an experiment's results
@@ -111,14 +112,26 @@ class ProxyServer:
                     self._health_changed)
                 checker.start(rt.loop)
                 stack.push_async_callback(checker.stop)
+            tls = self.config.tls
+            if tls is not None and self.role is Role.SUPERVISOR:
+                server_context(tls)  # its workers serve with these files: refuse bad ones now
             if self.role is not Role.SUPERVISOR:
+                context = None
+                proto = b"http"
+                if tls is not None:
+                    rt.certificates = ListenerCertificates(tls)
+                    context, proto = rt.certificates.context, b"https"
+
+                def connection() -> ClientConnection:
+                    return ClientConnection(rt, proto)
+
                 self._server = await (
-                    rt.loop.create_server(lambda: ClientConnection(rt), sock=self.sock,
-                                          backlog=4096)
+                    rt.loop.create_server(connection, sock=self.sock, backlog=4096,
+                                          ssl=context)
                     if self.sock is not None else
-                    rt.loop.create_server(lambda: ClientConnection(rt), self.config.listen.host,
+                    rt.loop.create_server(connection, self.config.listen.host,
                                           self.config.listen.port, backlog=4096,
-                                          reuse_address=True))
+                                          reuse_address=True, ssl=context))
             stack.push_async_callback(self._close_listener)
             if self.member is not None and self._server is not None:
                 self.member.info["listen"] = f"{self.config.listen.host}:{self.port}"

@@ -11,6 +11,7 @@ request goes to original instead.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from proxy.routing.variant import ORIGINAL, Variant
 from proxy.telemetry.recorder import Recorder
@@ -43,12 +44,15 @@ async def acquire(pools: Pools, variant: Variant, loop: asyncio.AbstractEventLoo
                 return conn, variant
             attempts -= 1
             try:
-                return await connect(ep, idle, pools.connect_timeout, scratch), variant
+                return await connect(ep, idle, pools.connect_timeout, scratch,
+                                     pools.tls[variant]), variant
             except (OSError, TimeoutError) as exc:
                 tried.append(ep)
                 recorder.variants[variant].errors["connect"] += 1
                 balancer.report_failure(ep, loop.time())
-                cause = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
+                cause = ("timed out" if isinstance(exc, TimeoutError) else
+                         f"TLS: {exc.reason or exc}" if isinstance(exc, ssl.SSLError) else
+                         exc.strerror or str(exc))
                 last_error = ProxyError("connect", f"upstream connect failed ({variant}: {cause})",
                                         upstream=ep.label)
         failover = pools.failover if variant != ORIGINAL else None

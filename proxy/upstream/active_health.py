@@ -67,8 +67,11 @@ class ActiveHealthChecker:
 
     async def round(self, cfg: ActiveHealth) -> None:
         """Probe every endpoint once and judge each result."""
-        targets = self.pools().endpoints()
-        results = await asyncio.gather(*(probe(ep, cfg) for _, ep in targets))
+        pools = self.pools()
+        targets = pools.endpoints()
+        results = await asyncio.gather(*(
+            probe(ep, cfg, pools.tls[v] if ep.address.scheme == "https" else None)
+            for v, ep in targets))
         self.rounds += 1
         for (variant, ep), (passed, seen) in zip(targets, results, strict=True):
             change = judge(ep, passed, seen, cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Protocol, cast
 
 import httptools
@@ -244,14 +245,18 @@ class _HeadDone(Exception):
 
 
 async def connect(endpoint: Endpoint, idle: IdlePool[UpstreamConnection], timeout: float,
-                  scratch: ReadBuffer) -> UpstreamConnection:
-    """A new connection to ``endpoint``, idling in ``idle`` between exchanges (raises
-    OSError or TimeoutError)."""
+                  scratch: ReadBuffer, tls: ssl.SSLContext | None = None) -> UpstreamConnection:
+    """A new connection to ``endpoint``, idling in ``idle`` between exchanges; over TLS
+    with ``tls`` for an https endpoint, the URL's host as SNI and as the name verified
+    (raises OSError, including ssl.SSLError, or TimeoutError; the timeout covers the
+    handshake)."""
     loop = asyncio.get_running_loop()
     addr = endpoint.address
     endpoint.connects += 1
+    secure = tls if addr.scheme == "https" else None
     coro = loop.create_connection(lambda: UpstreamConnection(endpoint, idle, loop, scratch),
-                                  addr.host, addr.port)
+                                  addr.host, addr.port, ssl=secure,
+                                  server_hostname=addr.host if secure is not None else None)
     if timeout > 0:
         _, proto = await asyncio.wait_for(coro, timeout)
     else:

@@ -13,7 +13,7 @@ class Endpoint:
 
     def __init__(self, address: Address) -> None:
         self.address = address
-        self.label = f"http://{address}"
+        self.label = f"{address.scheme}://{address}"
         self.authority = str(address).encode()  # Host for clients that sent none
         self.outstanding = 0
         self.total = 0

@@ -8,19 +8,25 @@ closed (``retire``).
 
 from __future__ import annotations
 
+import logging
+import ssl
+
 from proxy.config.model import Config, Pool
 from proxy.routing.variant import NEW, ORIGINAL, Variant
 from proxy.upstream.balancer import Balancer
 from proxy.upstream.connection import UpstreamConnection
 from proxy.upstream.endpoint import Endpoint
 from proxy.upstream.idle import IdlePool
+from proxy.wire.tls import client_context
+
+log = logging.getLogger("veer")
 
 
 class Pools:
     """The balancers of original and new, their idle connections and connect settings."""
 
     __slots__ = ("balancers", "connect_retries", "connect_timeout", "failover", "idle",
-                 "keepalive", "max_idle")
+                 "keepalive", "max_idle", "tls")
 
     def __init__(self, config: Config, previous: Pools | None = None) -> None:
         self.connect_timeout = config.timeouts.connect
@@ -30,8 +36,12 @@ class Pools:
         self.keepalive = config.timeouts.upstream_keepalive
         self.idle: dict[Endpoint, IdlePool[UpstreamConnection]] = {}
         self.balancers: dict[Variant, Balancer] = {}
+        # Each pool's context for its https:// endpoints (raises TlsError for a bad file).
+        self.tls: dict[Variant, ssl.SSLContext | None] = {}
         pools: tuple[tuple[Variant, Pool], ...] = ((ORIGINAL, config.original), (NEW, config.new))
         for variant, pool in pools:
+            self.tls[variant] = client_context(pool.tls, f"upstreams.{variant}.tls",
+                                               log.warning) if pool.secure else None
             old = previous.balancers[variant].endpoints if previous is not None else []
             keep = {ep.address: ep for ep in old}
             # pop: a config that lists an address twice gets two endpoints, as before

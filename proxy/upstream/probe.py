@@ -24,9 +24,10 @@ from proxy.upstream.endpoint import Endpoint
 MAX_STATUS_LINE = 1024
 
 
-async def probe(ep: Endpoint, cfg: ActiveHealth, tls: ssl.SSLContext | None = None,
-                server_name: str | None = None) -> tuple[bool, str]:
-    """(passed, what was seen: the status, or why there was none)."""
+async def probe(ep: Endpoint, cfg: ActiveHealth,
+                tls: ssl.SSLContext | None = None) -> tuple[bool, str]:
+    """(passed, what was seen: the status, or why there was none); over TLS with ``tls``,
+    verified as the data plane's connections are."""
     host = cfg.host.encode() if cfg.host else ep.authority
     request = (b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: veer-health-check\r\n"
                b"Connection: close\r\n\r\n" % (cfg.path.encode(), host))
@@ -35,7 +36,7 @@ async def probe(ep: Endpoint, cfg: ActiveHealth, tls: ssl.SSLContext | None = No
         async with asyncio.timeout(cfg.timeout):
             reader, writer = await asyncio.open_connection(
                 ep.address.host, ep.address.port, ssl=tls,
-                server_hostname=server_name if tls is not None else None,
+                server_hostname=ep.address.host if tls is not None else None,
                 limit=MAX_STATUS_LINE)
             writer.write(request)
             line = await reader.readuntil(b"\n")

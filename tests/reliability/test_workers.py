@@ -23,6 +23,7 @@ import functools
 import itertools
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ class Veer:
     seen: dict[int, psutil.Process] = field(default_factory=dict)  # every worker, for teardown
     answered: Counter[str] = field(default_factory=Counter)  # 200s the test got, by variant
     names: Iterator[int] = field(default_factory=itertools.count)
+    client_tls: ssl.SSLContext | None = None  # a TLS listener's clients (name: localhost)
 
     @property
     def admin_url(self) -> str:
@@ -288,7 +290,9 @@ async def exchange(veer: Veer, user: str, path: str = "/x", keep_open: bool = Fa
     """One request on a fresh connection; with ``keep_open`` the connection is returned open
     after the response (so the worker serving it can be found)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, veer.port), 5)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            HOST, veer.port, ssl=veer.client_tls,
+            server_hostname="localhost" if veer.client_tls is not None else None), 5)
     except (OSError, TimeoutError) as e:
         return Served(0, error=f"connect: {e!r}"), None
     close = "" if keep_open else "Connection: close\r\n"
@@ -828,3 +832,52 @@ async def test_a_killed_backend_leaves_every_workers_rotation_with_no_traffic(
               "(interval 0.2 s x unhealthy 2)")
     finally:
         stop_process(backend)
+
+
+# -- 10. TLS listener: every worker serves HTTPS, and SIGHUP renews every worker's certificate
+def _served_serial(port: int, ca: Path) -> int:
+    import socket
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_every_worker_serves_tls_and_sighup_renews_every_workers_certificate(
+        start_veer: StartVeer, tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    ca_file, cert, key = tmp_path / "ca.pem", tmp_path / "veer.crt", tmp_path / "veer.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def issue() -> None:
+        leaf = ca.issue_cert("localhost", "127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+
+    issue()
+    veer = await start_veer(tls={"cert": str(cert), "key": str(key)})
+
+    async def serials() -> set[int]:  # enough fresh handshakes to meet both workers
+        return {await asyncio.to_thread(_served_serial, veer.port, ca_file) for _ in range(12)}
+
+    veer.client_tls = ssl.create_default_context(cafile=str(ca_file))
+    await all_serving(veer, 2)
+    first = await serials()
+    assert len(first) == 1
+    issue()
+    veer.proc.send_signal(signal.SIGHUP)
+    await logged(veer, "reloaded")
+    await until(lambda: _renewed(serials, first), timeout=15,
+                what="every worker to hand out the renewed certificate")
+
+
+async def _renewed(serials: Callable[[], Awaitable[set[int]]], old: set[int]) -> bool:
+    seen = await serials()
+    return len(seen) == 1 and not seen & old

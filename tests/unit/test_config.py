@@ -110,8 +110,8 @@ def test_to_dict_is_json() -> None:
     assert d["new_weight_bp"] == 1000
     assert d["source"] == SOURCE
     assert d["listen"] == {"host": "127.0.0.1", "port": 8080}
-    assert d["original"]["endpoints"] == [{"host": "127.0.0.1", "port": 9001},
-                                          {"host": "127.0.0.1", "port": 9003}]
+    assert d["original"]["endpoints"] == [{"host": "127.0.0.1", "port": 9001, "scheme": "http"},
+                                          {"host": "127.0.0.1", "port": 9003, "scheme": "http"}]
     assert d["routing"]["user_key"] == [{"kind": "header", "name": "X-User-Id"},
                                         {"kind": "cookie", "name": "uid"}]
     assert d["routing"]["allow"] == {"users": ["a", "b"], "groups": ["staff"]}
@@ -203,8 +203,10 @@ ERRORS: list[tuple[str, dict[str, Any], str, object, str]] = [
      "upstreams.original.endpoints", [], "non-empty list"),
     ("endpoints not a list", with_("upstreams.new.endpoints", "http://127.0.0.1:9002"),
      "upstreams.new.endpoints", "http://127.0.0.1:9002", ENDPOINT_FORM),
-    ("https endpoint", with_("upstreams.new.endpoints", ["https://127.0.0.1:9002"]),
-     "upstreams.new.endpoints[0]", 'https://127.0.0.1:9002', ENDPOINT_FORM),
+    ("ftp endpoint", with_("upstreams.new.endpoints", ["ftp://127.0.0.1:9002"]),
+     "upstreams.new.endpoints[0]", 'ftp://127.0.0.1:9002', ENDPOINT_FORM),
+    ("endpoint with a query", with_("upstreams.new.endpoints", ["https://127.0.0.1:9002?a"]),
+     "upstreams.new.endpoints[0]", 'https://127.0.0.1:9002?a', ENDPOINT_FORM),
     ("endpoint without host", with_("upstreams.new.endpoints", ["http://:9002"]),
      "upstreams.new.endpoints[0]", 'http://:9002', ENDPOINT_FORM),
     ("endpoint bare scheme", with_("upstreams.original.endpoints", ["http://a:1", "http://"]),
@@ -369,10 +371,10 @@ def test_unknown_key_lists_known_keys() -> None:
 
 
 def test_bad_endpoint_names_the_url() -> None:
-    data = with_("upstreams.new.endpoints", ["http://127.0.0.1:9002", "https://10.0.0.1:9"])
+    data = with_("upstreams.new.endpoints", ["http://127.0.0.1:9002", "https://u@10.0.0.1:9"])
     with pytest.raises(ConfigError) as info:
         from_dict(data, SOURCE)
-    assert "https://10.0.0.1:9" in str(info.value)
+    assert "https://u@10.0.0.1:9" in str(info.value)
 
 
 @pytest.mark.parametrize("data", [None, [], ["a"], "listen: x", 42])
@@ -464,7 +466,7 @@ def test_address_str() -> None:
     assert str(parse_listen(str(Address("::1", 80)))) == "[::1]:80"
 
 
-@pytest.mark.parametrize("text", ["http://a:1/x", "https://a:1", "ftp://a", "http://a:0"])
+@pytest.mark.parametrize("text", ["http://a:1/x", "https://a:1#f", "ftp://a", "http://a:0"])
 def test_parse_endpoint_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text)
