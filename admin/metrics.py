@@ -21,9 +21,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.control.experiments import results
-from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
+from proxy.routing.variant import NEW, ORIGINAL, PAIRED, SHADOW, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry import latency
+from proxy.telemetry.source import Picture
 from proxy.wire.errors import COUNTED
 
 # Seconds; Prometheus' defaults stretched down to sub-millisecond, where a proxy lives.
@@ -90,6 +91,7 @@ class VeerCollector(Collector):
                 quantiles.add_sample("veer_latency_seconds_count", labels, stats.requests)
                 quantiles.add_sample("veer_latency_seconds_sum", labels, stats.sum or 0.0)
         yield from (requests, errors, bytes_in, bytes_out, in_flight, duration, quantiles)
+        yield from _shadow_metrics(rt, host)
 
         weight = GaugeMetricFamily("veer_weight_ratio", "Share of users routed to each variant.",
                                    labels=["variant"])
@@ -232,3 +234,39 @@ def build_registry(rt: Runtime) -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> bytes:
     """The text exposition format."""
     return generate_latest(registry)
+
+
+def _shadow_metrics(rt: Runtime, host: Picture) -> Iterator[Metric]:
+    """Mirrored traffic, apart from the variants' series (a sum over variant must not count
+    a request twice): the shadow's answers, mismatches with original's, copies dropped, and
+    latency quantiles of the shadow and of original's answers to the same requests."""
+    mirror = GaugeMetricFamily("veer_mirror_ratio",
+                               "Share of original's requests copied to new now.")
+    mirror.add_metric([], rt.live.mirror_bp / 10000)
+    yield mirror
+    counts = host.counters(SHADOW)
+    answers = CounterMetricFamily("veer_shadow_responses",
+                                  "Answers new gave to mirrored copies, by status (0: none).",
+                                  labels=["code"])
+    for code, n in sorted(counts.codes.items()):
+        answers.add_metric([str(code)], n)
+    mismatches = CounterMetricFamily("veer_shadow_mismatches",
+                                     "Mirrored requests whose status from new differed "
+                                     "from original's.")
+    mismatches.add_metric([], counts.mismatches)
+    dropped = CounterMetricFamily("veer_shadow_dropped",
+                                  "Copies not sent: the mirror's queue was full.")
+    dropped.add_metric([], counts.dropped)
+    quantiles = Metric("veer_shadow_latency_seconds",
+                       "Latency of mirrored requests over the last minute: series=shadow "
+                       "(new's answer) or paired (original's answer to the same requests).",
+                       "summary")
+    for series in (SHADOW, PAIRED):
+        stats = host.window(series, 60)
+        values = latency.quantiles_us(stats.histogram, tuple(p for _, p in QUANTILES))
+        for (q, _), value in zip(QUANTILES, values, strict=True):
+            quantiles.add_sample("veer_shadow_latency_seconds",
+                                 {"series": series, "quantile": f"{q:g}"}, value / 1e6)
+        quantiles.add_sample("veer_shadow_latency_seconds_count", {"series": series},
+                             stats.requests)
+    yield from (answers, mismatches, dropped, quantiles)

@@ -11,7 +11,7 @@ from typing import Any
 from proxy.control import analysis
 from proxy.control.experiments import ExperimentRunner, results
 from proxy.control.state import Event
-from proxy.routing.variant import NEW, ORIGINAL, VARIANTS
+from proxy.routing.variant import NEW, ORIGINAL, PAIRED, SHADOW, VARIANTS
 from proxy.runtime.runtime import Runtime
 from proxy.telemetry.latency import WindowStats
 
@@ -39,6 +39,9 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
     out = {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
            "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
     out["endpoints"] = endpoints(rt)
+    mirrored = shadow(rt)
+    if mirrored is not None:
+        out["shadow"] = mirrored
     if rt.workers is not None:
         out["workers"] = {"count": rt.config.workers, "alive": rt.workers.alive,
                           "restarts": rt.workers.restarts}
@@ -52,6 +55,29 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                              "srm_mismatch": last["srm"]["mismatch"] if last else None,
                              "results": f"/experiments/{rt.experiment.exp.name}/results"}
     return out
+
+
+def shadow(rt: Runtime) -> dict[str, Any] | None:
+    """Mirrored traffic: the shadow's answers (from new) beside original's answers to the
+    same requests, since the phase began; None when nothing is or was mirrored."""
+    view = rt.view
+    counts = view.counters(SHADOW)
+    mirror_bp = rt.live.mirror_bp
+    if not mirror_bp and not counts.requests and not counts.dropped:
+        return None
+    sh, pa = view.since_marked(SHADOW), view.since_marked(PAIRED)
+    mismatches = counts.mismatches
+    return {
+        "mirror": mirror_bp / 100,
+        "requests_total": counts.requests, "mismatches_total": mismatches,
+        "agreement": 1 - mismatches / counts.requests if counts.requests else None,
+        "dropped_total": counts.dropped, "in_flight": len(rt.mirror.in_flight),
+        "since_phase": {"shadow": _stats(sh), "paired": _stats(pa),
+                        "p50_difference_s": sh.p50 - pa.p50 if sh.requests else None,
+                        "p99_difference_s": sh.p99 - pa.p99 if sh.requests else None,
+                        "error_rate_difference": sh.error_rate - pa.error_rate
+                        if sh.requests else None},
+    }
 
 
 def endpoints(rt: Runtime) -> list[dict[str, Any]]:
@@ -102,10 +128,13 @@ def analysis_view(rt: Runtime) -> dict[str, Any]:
         side[v] = {**_stats(s), "error_rate_ci95": [
             analysis.lower_bound(s.errors, s.requests, 0.025),
             analysis.upper_bound(s.errors, s.requests, 0.025)]}
-    test = analysis.mann_whitney_binned(*rt.view.latency_histograms())
+    shadow_phase = rt.rollout is not None and rt.rollout.controller.phase.shadow
+    test = analysis.mann_whitney_binned(*(rt.view.latency_histograms(SHADOW, PAIRED)
+                                          if shadow_phase else rt.view.latency_histograms()))
     ro = rollout(rt)
     return {
         "variants": side,
+        **({"shadow": mirrored} if (mirrored := shadow(rt)) is not None else {}),
         "mann_whitney": {"u": test.u, "p_value": test.p_value, "shift_s": test.shift,
                          "n_new": test.n_new, "n_original": test.n_original},
         "gates": ro["gates"] if ro else [],

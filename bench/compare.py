@@ -3,10 +3,13 @@
 Not part of the test suite. Install the tools with ``bench/setup.sh`` first (wrk, nginx,
 HAProxy, Envoy and matplotlib). Everything listens on 127.0.0.1. Each system under test
 splits 90/10 between two nginx backends and is pinned to one core; wrk and the backends
-share the other. See bench/README.md.
+share the other. ``veer-tls`` and ``nginx-tls`` serve HTTPS with a certificate made here
+(trustme, else ``openssl req -x509``); ``veer-accesslog`` writes a JSON access log. See
+bench/README.md.
 
     .venv/bin/python bench/compare.py            # 10 s runs, 32 and 128 connections, 3 reps
     .venv/bin/python bench/compare.py --quick    # 3 s runs, 1 rep
+    .venv/bin/python bench/compare.py --targets veer,veer-tls,nginx,nginx-tls --connections 32
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -76,18 +80,22 @@ VEER_ROLLOUT = """rollout:
        gates: {max_error_rate: 1%, max_p99: 2s}}
     - {name: full, weight: 100}
 """
+VEER_ACCESS_LOG = "access_log: {{path: {path}, format: json}}\n"
+VEER_TLS = "tls: {{cert: {cert}, key: {key}}}\n"  # min_version 1.2, as nginx's default
+# {name} keeps nginx and nginx-tls apart (logs, pid, temp dirs); {ssl} is empty for nginx.
 NGINX_PROXY_CONF = """daemon off; master_process off; worker_processes 1;
-error_log {tmp}/nginx-proxy-error.log; pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/{name}-error.log; pid {tmp}/{name}.pid;
 events {{ worker_connections 8192; }}
 http {{
   access_log off; keepalive_requests 1000000;
-  client_body_temp_path {tmp}/pbody; proxy_temp_path {tmp}/pproxy;
-  fastcgi_temp_path {tmp}/pfastcgi; uwsgi_temp_path {tmp}/puwsgi; scgi_temp_path {tmp}/pscgi;
+  client_body_temp_path {tmp}/{name}-body; proxy_temp_path {tmp}/{name}-proxy;
+  fastcgi_temp_path {tmp}/{name}-fastcgi; uwsgi_temp_path {tmp}/{name}-uwsgi;
+  scgi_temp_path {tmp}/{name}-scgi;
   split_clients "${{http_x_user_id}}" $bench_pool {{ 10% new_pool; * original_pool; }}
   upstream original_pool {{ server 127.0.0.1:{original}; keepalive 256; }}
   upstream new_pool {{ server 127.0.0.1:{new}; keepalive 256; }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{ssl_flag};{ssl}
     location / {{
       proxy_pass http://$bench_pool;
       proxy_http_version 1.1;
@@ -96,6 +104,10 @@ http {{
   }}
 }}
 """
+# The same protocols as veer's listener (TLS 1.2+); ciphers are both sides' defaults.
+NGINX_SSL = """
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;"""
 HAPROXY_CONF = """global
   nbthread 1
   maxconn 8192
@@ -157,9 +169,11 @@ http_connection_manager.v3.HttpConnectionManager
   clusters:
 {clusters}"""
 # Table and chart order. "direct" is wrk -> backend with no proxy (the ceiling).
-ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "veer", "veer-norec", "veer-rollout",
-               "naive")
-VEER_VARIANTS = {"veer-norec": "recording off", "veer-rollout": "controller ticking"}
+ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "nginx-tls", "veer", "veer-norec",
+               "veer-rollout", "veer-accesslog", "veer-tls", "naive")
+VEER_VARIANTS = {"veer-norec": "recording off", "veer-rollout": "controller ticking",
+                 "veer-accesslog": "JSON access log", "veer-tls": "HTTPS listener"}
+TLS_TARGETS = ("nginx-tls", "veer-tls")
 NOISE_PCT = 10  # SUT core busier than the SUT itself by more than this: someone else ran
 SPLIT_PROBES = 400  # requests with random user ids in the pre-flight split check
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -180,6 +194,11 @@ class Target:
     log: Path | None = None
     admin_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
 
 # --- tools --------------------------------------------------------------------------------
@@ -221,13 +240,52 @@ def find_tools(targets: list[str]) -> dict[str, str]:
             die("veer not found next to this Python; run with the project venv: "
                 ".venv/bin/python bench/compare.py")
         tools["veer"] = str(veer)
-    try:
-        importlib.import_module("matplotlib")
-    except ImportError:
-        missing.append("matplotlib (pip)")
     if missing:
         die(f"missing {', '.join(missing)}; {SETUP_HINT}")
     return tools
+
+
+# --- certificates -------------------------------------------------------------------------
+
+@dataclass
+class Pki:
+    """A throw-away CA and a leaf for 127.0.0.1 and localhost, as PEM files in ``dir``."""
+
+    ca: Path
+    cert: Path  # the leaf's chain, leaf first
+    key: Path
+    how: str
+
+
+def make_pki(tmp: Path) -> Pki:
+    """trustme (in the test extras) if importable, else ``openssl req -x509`` (self-signed)."""
+    d = tmp / "tls"
+    d.mkdir()
+    pki = Pki(d / "ca.pem", d / "cert.pem", d / "key.pem", "")
+    try:
+        trustme = importlib.import_module("trustme")
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            die("the TLS targets need the trustme package or the openssl command")
+        res = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(pki.key), "-out", str(pki.cert)],
+            capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            die(f"openssl req -x509 failed: {res.stderr}")
+        shutil.copyfile(pki.cert, pki.ca)
+        pki.how = "openssl req -x509, self-signed ECDSA P-256"
+        return pki
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(pki.ca))
+    pki.cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(pki.key))
+    pki.how = f"trustme {importlib.metadata.version('trustme')} CA + leaf, ECDSA"
+    return pki
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -325,11 +383,18 @@ def measured(target: Target, cpus: tuple[int, int]) -> Iterator[dict[str, float]
 
 # --- checks -------------------------------------------------------------------------------
 
-def preflight(target: Target) -> dict[str, Any]:
-    """One request must answer 200 with a backend's body; then count the split."""
-    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+def preflight(target: Target, ca: Path | None = None) -> dict[str, Any]:
+    """One request must answer 200 with a backend's body; then count the split. Over HTTPS
+    the certificate is verified against ``ca`` and the protocol and cipher are noted."""
+    conn: http.client.HTTPConnection
+    if target.scheme == "https":
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        conn = http.client.HTTPSConnection("127.0.0.1", target.port, timeout=10, context=ctx)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
     rng = random.Random(7)
     new = 0
+    tls: dict[str, Any] = {}
     try:
         for i in range(SPLIT_PROBES + 1):
             conn.request("GET", "/", headers={"X-User-Id": f"user-{rng.randint(1, 10**6)}"})
@@ -340,12 +405,16 @@ def preflight(target: Target) -> dict[str, Any]:
                     f"with a backend's body" + (f"\n{tail(target.log)}" if target.log else ""))
             if i and body == BODIES["new"]:
                 new += 1
+            if not i and isinstance(conn.sock, ssl.SSLSocket):
+                cipher = conn.sock.cipher()
+                tls = {"tls": conn.sock.version(), "cipher": cipher[0] if cipher else None,
+                       "alpn": conn.sock.selected_alpn_protocol()}
     except (OSError, http.client.HTTPException) as exc:
-        die(f"{target.name}: GET http://127.0.0.1:{target.port}/ failed: {exc!r}"
+        die(f"{target.name}: GET {target.url} failed: {exc!r}"
             + (f"\n{tail(target.log)}" if target.log else ""))
     finally:
         conn.close()
-    return {"status": 200, "new_share": round(new / SPLIT_PROBES, 4)}
+    return {"status": 200, "new_share": round(new / SPLIT_PROBES, 4), **tls}
 
 
 def rollout_state(admin_port: int) -> str:
@@ -368,13 +437,16 @@ def get_json(port: int, path: str) -> Any:
 # --- the run ------------------------------------------------------------------------------
 
 def build_targets(names: list[str], tools: dict[str, str], tmp: Path,
-                  backends: dict[str, int]) -> list[Target]:
+                  backends: dict[str, int], pki: Pki | None = None) -> list[Target]:
     """Write each target's config into ``tmp`` and say how to start it."""
     targets = []
     for name in names:
         port = free_port()
         log = tmp / f"{name}.log"
         t = Target(name, port, log=log)
+        if name in TLS_TARGETS:
+            assert pki is not None
+            t.scheme = "https"
         if name == "direct":
             t.port, t.log = backends["original"], tmp / "backends-error.log"
         elif name.startswith("veer"):
@@ -383,13 +455,22 @@ def build_targets(names: list[str], tools: dict[str, str], tmp: Path,
                                     recording="false" if name == "veer-norec" else "true",
                                     **backends)
             conf += VEER_ROLLOUT if name == "veer-rollout" else VEER_WEIGHTS
+            if name == "veer-accesslog":
+                conf += VEER_ACCESS_LOG.format(path=json.dumps(str(tmp / "access.log")))
+            if name == "veer-tls" and pki is not None:
+                conf += VEER_TLS.format(cert=json.dumps(str(pki.cert)),
+                                        key=json.dumps(str(pki.key)))
             path = tmp / f"{name}.yaml"
             path.write_text(conf)
             t.argv = [tools["veer"], "run", "--config", str(path)]
-        elif name == "nginx":
-            path = tmp / "nginx-proxy.conf"
-            path.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port, **backends))
-            t.argv = [tools["nginx"], "-p", str(tmp), "-e", str(tmp / "nginx-proxy-error.log"),
+        elif name in ("nginx", "nginx-tls"):
+            stem = "nginx-proxy" if name == "nginx" else "nginx-tls"
+            path = tmp / f"{stem}.conf"
+            ssl_conf = NGINX_SSL.format(cert=pki.cert, key=pki.key) if t.scheme == "https" else ""
+            path.write_text(NGINX_PROXY_CONF.format(
+                tmp=tmp, name=stem, port=port, ssl_flag=" ssl" if ssl_conf else "", ssl=ssl_conf,
+                **backends))
+            t.argv = [tools["nginx"], "-p", str(tmp), "-e", str(tmp / f"{stem}-error.log"),
                       "-c", str(path)]
         elif name == "haproxy":
             path = tmp / "haproxy.cfg"
@@ -465,23 +546,29 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "req.lua").write_text(WRK_LUA)
         backends, backend_proc = start_backends(tools["nginx"], tmp, pin_load)
 
-        targets = build_targets(args.targets, tools, tmp, backends)
+        pki = make_pki(tmp) if any(n in TLS_TARGETS for n in args.targets) else None
+        targets = build_targets(args.targets, tools, tmp, backends, pki)
         checks: dict[str, dict[str, Any]] = {}
         for t in targets:
             start(t, pin_sut)
-            checks[t.name] = preflight(t)
+            checks[t.name] = preflight(t, pki.ca if pki else None)
+            tls_note = (f", {checks[t.name]['tls']} {checks[t.name]['cipher']} "
+                        f"alpn {checks[t.name]['alpn']}" if "tls" in checks[t.name] else "")
             print(f"{t.name:12} up on :{t.port}, 200 OK, new share "
-                  f"{100 * checks[t.name]['new_share']:.1f}% of {SPLIT_PROBES}", file=sys.stderr)
+                  f"{100 * checks[t.name]['new_share']:.1f}% of {SPLIT_PROBES}{tls_note}",
+                  file=sys.stderr)
 
-        def wrk_cmd(conns: int, seconds: int, port: int | str) -> list[str]:
+        def wrk_cmd(conns: int, seconds: int, url: str) -> list[str]:
+            # wrk keeps its connections alive: over HTTPS each one does one handshake, then
+            # only record encryption, so the numbers are the steady-state cost of TLS.
             return [*pin_load, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
-                    "-s", str(tmp / "req.lua"), f"http://127.0.0.1:{port}/"]
+                    "-s", str(tmp / "req.lua"), url]
 
         if args.warmup:
             for conns in args.connections:
                 for t in targets:
                     with alone(t.proc, (o.proc for o in targets)):
-                        run_wrk(wrk_cmd(conns, args.warmup, t.port), args.warmup + 60)
+                        run_wrk(wrk_cmd(conns, args.warmup, t.url), args.warmup + 60)
 
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {
             t.name: {c: [] for c in args.connections} for t in targets}
@@ -491,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             for conns in args.connections:
                 for t in targets:
                     with alone(t.proc, (o.proc for o in targets)), measured(t, cpus) as usage:
-                        wrk_out = run_wrk(wrk_cmd(conns, args.duration, t.port),
+                        wrk_out = run_wrk(wrk_cmd(conns, args.duration, t.url),
                                           args.duration + 60)
                     run = {**parse_wrk(wrk_out), **usage}
                     if "cpu_s" in run and run["requests"]:
@@ -512,7 +599,18 @@ def main(argv: list[str] | None = None) -> int:
                             f"{tail(t.log or Path('/nonexistent'))}")
 
         after: dict[str, Any] = {}
+        if pki is not None:
+            after["tls certificate"] = pki.how
         for t in targets:
+            if t.name == "veer-accesslog":
+                time.sleep(0.5)  # the buffer is flushed every 0.2 s
+                access = tmp / "access.log"
+                lines = access.read_bytes().splitlines() if access.exists() else []
+                served = sum(r["requests"] for rs in runs[t.name].values() for r in rs)
+                after["veer-accesslog lines"] = {
+                    "lines": len(lines), "bytes": access.stat().st_size if lines else 0,
+                    "wrk requests in timed runs": served, "last line": (
+                        lines[-1].decode(errors="replace") if lines else None)}
             if t.name == "veer-rollout" and t.admin_port:
                 after["veer-rollout state"] = rollout_state(t.admin_port)
                 after["veer-rollout /status"] = get_json(t.admin_port, "/status")
@@ -524,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                     for t in targets if t.argv}
         commands["backends"] = (shlex.join([*pin_load, tools["nginx"]])
                                 + " -p $TMP -c $TMP/backends.conf")
-        commands["wrk"] = shlex.join(wrk_cmd(args.connections[0], args.duration, "PORT")
+        commands["wrk"] = shlex.join(wrk_cmd(args.connections[0], args.duration,
+                                             "http(s)://127.0.0.1:PORT/")
                                      ).replace(str(tmp), "$TMP")
         configs = {p.name: p.read_text() for p in sorted(tmp.iterdir())
                    if p.suffix in (".yaml", ".conf", ".cfg", ".lua")}

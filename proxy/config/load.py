@@ -30,6 +30,7 @@ from proxy.config.model import (
     Health,
     KeySource,
     Limits,
+    Mirror,
     Pool,
     Recording,
     Routing,
@@ -53,7 +54,7 @@ from proxy.config.reader import (
     text,
 )
 from proxy.config.tls import UpstreamTls, read_listener_tls, read_upstream_tls
-from proxy.config.units import parse_duration, parse_percent_bp
+from proxy.config.units import parse_duration, parse_percent_bp, parse_size
 
 
 def parse_listen(value: Any) -> Address:
@@ -216,6 +217,11 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
     access_log = _read_access_log(r.section("access_log")) if r.has("access_log") else None
     tls = read_listener_tls(r.section("tls")) if r.has("tls") else None
+    mirror = _read_mirror(r.section("mirror"))
+    if rollout is not None:  # a phase that says nothing mirrors as the config does
+        rollout = dataclasses.replace(rollout, phases=tuple(
+            p if p.mirror_bp is not None else dataclasses.replace(p, mirror_bp=mirror.percent_bp)
+            for p in rollout.phases))
     # Top-level x-* keys are the user's (YAML anchors to share, as in compose files).
     r.done(tuple(k for k in data if isinstance(k, str) and k.startswith("x-")))
     if experiment is not None:
@@ -236,7 +242,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
                   routing=routing, new_weight_bp=new_bp, timeouts=timeouts, limits=limits,
                   health=health, connect_retries=retries, recording=recording, rollout=rollout,
                   state=state, upgrades=upgrades, workers=workers, cluster=cluster,
-                  experiment=experiment, access_log=access_log, tls=tls)
+                  experiment=experiment, access_log=access_log, tls=tls, mirror=mirror)
 
 
 def _workers(value: Any) -> int:
@@ -326,6 +332,28 @@ def _host_header(value: Any) -> str:
             c.isalnum() or c in "-._:[]" for c in value):
         raise ValueError
     return value
+
+
+def _read_mirror(r: Reader) -> Mirror:
+    """``mirror:``: off unless a percent is given (here or in a phase)."""
+    m = Mirror(
+        percent_bp=r.get("percent", default(Mirror, "percent_bp"), parse_percent_bp,
+                         "a percent 0..100, e.g. 100 or 2.5"),
+        methods=r.field(Mirror, "methods", _methods, "a list of methods, e.g. [GET, HEAD]"),
+        max_body=r.field(Mirror, "max_body", parse_size, SIZE[1]),
+        queue=r.field(Mirror, "queue", int_range(1, 100_000), "an integer 1..100000"),
+        timeout=r.field(Mirror, "timeout", _probe_duration, "a duration 10ms..1h, e.g. 5s"),
+    )
+    r.done()
+    return m
+
+
+def _methods(value: Any) -> frozenset[str]:
+    methods = names(value)
+    if not methods or any(not m.isascii() or not m.isalpha() or not m.isupper()
+                          for m in methods):
+        raise ValueError
+    return methods
 
 
 def _read_access_log(r: Reader) -> AccessLog:

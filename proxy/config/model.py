@@ -157,6 +157,19 @@ ACCESS_LOG_FORMATS = ("json", "combined")
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Copies of original's requests sent to new as well (``mirror:``); their answers are
+    judged and discarded, never sent to the client."""
+
+    percent_bp: int = 0  # of original's requests (basis points)
+    # Idempotent methods only by default: a copy must not do what the request does twice.
+    methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
+    max_body: int = 64 * 1024  # bytes of request body a copy may carry (else not copied)
+    queue: int = 256  # copies in flight at once; beyond it one is dropped and counted
+    timeout: float = 5.0  # a copy's answer must be complete within this
+
+
+@dataclass(frozen=True, slots=True)
 class AccessLog:
     """One line per request (``access_log:``), off by default."""
 
@@ -209,6 +222,7 @@ class Config:
     experiment: Experiment | None = None
     access_log: AccessLog | None = None
     tls: ListenerTls | None = None  # the listener serves HTTPS
+    mirror: Mirror = Mirror()
     # The YAML it was read from: where the config came from, not a setting (not compared,
     # not shown by to_dict); a supervisor hands it to its workers.
     text: str = dataclasses.field(default="", compare=False, repr=False)

@@ -18,6 +18,7 @@ from proxy.config.reader import (
     DUR,
     Reader,
     choice,
+    default,
     flag,
     int_range,
     names,
@@ -44,13 +45,16 @@ class Gates:
     min_requests: int = 100
     max_error_rate_increase: float | None = None  # absolute, over original's rate
     max_latency_increase: float | None = None  # relative to original's median, e.g. 0.1
+    # Shadow phases: the share of mirrored requests whose status differs from original's.
+    max_status_mismatch: float | None = None
     metrics: tuple[MetricGate, ...] = ()  # gates on any metric (header, events, Prometheus)
 
     @property
     def empty(self) -> bool:
         return not self.metrics and all(
             v is None for v in (self.max_error_rate, self.max_p99, self.max_p999,
-                                self.max_error_rate_increase, self.max_latency_increase))
+                                self.max_error_rate_increase, self.max_latency_increase,
+                                self.max_status_mismatch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,15 @@ class Phase:
     on_breach: str = "rollback"  # or "alert": keep the weight, wait for a person
     allow_users: frozenset[str] = frozenset()  # on new during this phase (testers, rings)
     allow_groups: frozenset[str] = frozenset()
+    # Percent of original's requests copied to new (basis points); None: the config's
+    # mirror.percent. A phase at weight 0 that mirrors is a shadow phase: its gates judge
+    # the shadow's answers against original's answers to the same requests.
+    mirror_bp: int | None = None
+
+    @property
+    def shadow(self) -> bool:
+        """Judged on mirrored traffic: no user is on new yet."""
+        return self.weight_bp == 0 and bool(self.mirror_bp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,7 @@ def read_gates(r: Reader) -> Gates:
         "min_requests": (int_range(1, 10**9), "an integer 1..1000000000"),
         "max_error_rate_increase": (_rate, RATE_FORM),
         "max_latency_increase": (_rate, "a relative increase such as 10% or 0.1"),
+        "max_status_mismatch": (_rate, RATE_FORM),
     })
     return dataclasses.replace(gates, metrics=metrics)
 
@@ -121,8 +135,14 @@ def _read_phase(r: Reader, index: int, default_gates: Gates) -> Phase:
         on_breach=r.field(Phase, "on_breach", choice(ON_BREACH), " or ".join(ON_BREACH)),
         allow_users=r.field(Phase, "allow_users", names, "a list of user ids"),
         allow_groups=r.field(Phase, "allow_groups", names, "a list of groups"),
+        mirror_bp=r.get("mirror", default(Phase, "mirror_bp"), parse_percent_bp,
+                        "a percent 0..100, e.g. 100"),
     )
     r.done()
+    if phase.gates.max_status_mismatch is not None and not phase.shadow:
+        raise r.fail("gates.max_status_mismatch", phase.gates.max_status_mismatch,
+                     "a shadow phase (weight 0 with mirror above 0): only mirrored "
+                     "requests have two answers to compare")
     return phase
 
 
@@ -290,6 +310,7 @@ def describe(rollout: Rollout) -> list[dict[str, Any]]:
         out.append({
             "name": p.name, "weight": p.weight_bp / 100, "duration_s": p.duration,
             "approval": p.approval, "on_breach": p.on_breach,
+            **({"mirror": p.mirror_bp / 100} if p.mirror_bp is not None else {}),
             "gates": {k: getattr(g, k) for k in Gates.__dataclass_fields__
                       if getattr(g, k) is not None and k != "metrics"}
             | ({"metrics": [dataclasses.asdict(m) for m in g.metrics]} if g.metrics else {}),

@@ -26,7 +26,7 @@ from proxy.control import analysis
 from proxy.control.analysis import Cusum, Finding, Verdict
 from proxy.control.metric_gates import PolledMetrics, judge_gate
 from proxy.control.state import Event, RolloutState, Status
-from proxy.routing.variant import NEW, ORIGINAL
+from proxy.routing.variant import NEW, ORIGINAL, PAIRED, SHADOW, Series
 from proxy.telemetry.source import TelemetrySource, Totals
 
 ACTIVE = (Status.PROGRESSING, Status.PAUSED)
@@ -61,6 +61,7 @@ class Controller:
         self._shift_finding: Finding | None = None
         self._base_new = self._last_new = self._base_orig = Totals()
         self._cusum_err = self._cusum_p99 = self._cusum_p999 = Cusum.for_limit(0.01)
+        self._cusum_mismatch = Cusum.for_limit(0.01)
         self._start_phase(now, fresh=False)
 
     # -- reading ---------------------------------------------------------------
@@ -71,6 +72,25 @@ class Controller:
     @property
     def weight_bp(self) -> int:
         return self.state.weight_bp
+
+    @property
+    def mirror_bp(self) -> int:
+        """The share of original's requests copied to new now: the phase's while the plan
+        runs, none once it is rolled back or aborted."""
+        if self.state.status in (Status.ROLLED_BACK, Status.ABORTED, Status.ROLLING_BACK):
+            return 0
+        return self.phase.mirror_bp or 0
+
+    @property
+    def _candidate(self) -> Series:
+        """What the gates judge: new, or in a shadow phase the shadow's answers."""
+        return SHADOW if self.phase.shadow else NEW
+
+    @property
+    def _baseline(self) -> Series:
+        """What the candidate is compared with: original, or its answers to the very
+        requests that were mirrored."""
+        return PAIRED if self.phase.shadow else ORIGINAL
 
     def allowed(self) -> tuple[frozenset[str], frozenset[str]]:
         """Users and groups the current phase puts on new (testers, rings), if active."""
@@ -92,10 +112,11 @@ class Controller:
         st = self.state
         if decide and st.status is Status.ROLLING_BACK:
             self._gradual_step(now)
-        new_totals = self.telemetry.totals(NEW)
+        new_totals = self.telemetry.totals(self._candidate)
         delta = new_totals - self._last_new
         self._last_new = new_totals
         self._cusum_err = self._cusum_err.update(delta.requests, delta.failures)
+        self._cusum_mismatch = self._cusum_mismatch.update(delta.requests, delta.mismatches)
         self._cusum_p99 = self._cusum_p99.update(delta.latency_sample, delta.slow_p99)
         self._cusum_p999 = self._cusum_p999.update(delta.latency_sample, delta.slow_p999)
         if st.status in ACTIVE or st.status is Status.COMPLETE:
@@ -121,15 +142,20 @@ class Controller:
         if g.max_p999 is not None:
             out.append(analysis.judge_rate("p999", since.slow_p999, since.latency_sample, 0.001,
                                            g.min_requests, self._cusum_p999))
+        if g.max_status_mismatch is not None:
+            out.append(analysis.judge_rate("status_mismatch", since.mismatches, since.requests,
+                                           g.max_status_mismatch, g.min_requests,
+                                           self._cusum_mismatch))
         if g.max_error_rate_increase is not None:
-            base = self.telemetry.totals(ORIGINAL) - self._base_orig
+            base = self.telemetry.totals(self._baseline) - self._base_orig
             out.append(analysis.judge_rate_increase(
                 "error_rate_increase", (since.failures, since.requests),
                 (base.failures, base.requests), g.max_error_rate_increase, g.min_requests))
         if g.max_latency_increase is not None:
             if now - self._last_shift >= SHIFT_EVERY or self._shift_finding is None:
                 self._last_shift = now
-                values, new_counts, orig_counts = self.telemetry.latency_histograms()
+                values, new_counts, orig_counts = self.telemetry.latency_histograms(
+                    self._candidate, self._baseline)
                 test = analysis.mann_whitney_binned(values, new_counts, orig_counts)
                 total = float(orig_counts.sum())
                 median = float(values[np.searchsorted(np.cumsum(orig_counts), total / 2)]) \
@@ -141,8 +167,9 @@ class Controller:
                    for mg in g.metrics)
         if not out:  # a phase without gates still needs traffic before it passes
             verdict = Verdict.PASS if since.requests >= g.min_requests else Verdict.INCONCLUSIVE
+            on = "mirrored to new" if self.phase.shadow else "on new"
             out.append(Finding("min_requests", verdict, since.requests, g.min_requests,
-                               f"{since.requests} requests on new this phase"))
+                               f"{since.requests} requests {on} this phase"))
         return out
 
     def _evidence(self) -> dict[str, Any]:
@@ -328,9 +355,10 @@ class Controller:
         self.telemetry.mark()
         if fresh:
             self.state.phase_started = now
-        self._base_new = self._last_new = self.telemetry.totals(NEW)
-        self._base_orig = self.telemetry.totals(ORIGINAL)
+        self._base_new = self._last_new = self.telemetry.totals(self._candidate)
+        self._base_orig = self.telemetry.totals(self._baseline)
         self._cusum_err = Cusum.for_limit(g.max_error_rate if g.max_error_rate else 0.5)
+        self._cusum_mismatch = Cusum.for_limit(g.max_status_mismatch or 0.5)
         self._cusum_p99 = Cusum.for_limit(0.01)
         self._cusum_p999 = Cusum.for_limit(0.001)
         self._shift_finding = None
@@ -338,6 +366,7 @@ class Controller:
 
     def _cusums_reset(self) -> None:
         self._cusum_err = self._cusum_err.reset()
+        self._cusum_mismatch = self._cusum_mismatch.reset()
         self._cusum_p99 = self._cusum_p99.reset()
         self._cusum_p999 = self._cusum_p999.reset()
 

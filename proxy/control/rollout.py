@@ -203,6 +203,7 @@ class RolloutRunner:
         allow_users, allow_groups = c.allowed()
         self.live.set_cohorts(allow_users, allow_groups, frozenset(c.state.deny_users))
         self.live.set_weight(c.weight_bp)
+        self.live.set_mirror(c.mirror_bp)
 
     async def flush(self) -> None:
         """Wait until the state as it is now is saved; ``StateSaveError`` if it cannot be.

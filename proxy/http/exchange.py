@@ -19,6 +19,7 @@ from typing import Protocol
 
 from proxy.http.fairness import ClientSlot
 from proxy.http.heads import interim_head, request_head, response_head
+from proxy.http.mirror import Shadow
 from proxy.http.plane import DataPlane, Snapshot
 from proxy.http.request import Request
 from proxy.routing.router import Decision
@@ -79,6 +80,7 @@ class Exchange:
         "_first",
         "_out",
         "_settled",
+        "_shadow",
         "_slot",
         "_stale",
         "_waiter",
@@ -129,6 +131,7 @@ class Exchange:
         self._error: ProxyError | None = None  # answered by veer at the end
         self._waiter: asyncio.Future[None] | None = None  # only when running as a task
         self._first: Endpoint | None = None  # picked by start, for acquire to connect
+        self._shadow: Shadow | None = None  # the copy going to new, when mirrored
 
     # -- the exchange ---------------------------------------------------------
     def start(self) -> None:
@@ -146,6 +149,9 @@ class Exchange:
         if rt.upstream_in_flight > snap.limits.max_concurrent_upstream:
             self._settle(ProxyError("overload", "too many concurrent upstream requests"))
             return
+        if rt.live.mirror_bp and variant == ORIGINAL:
+            client = self.client
+            self._shadow = rt.mirror.offer(req, client.peer_ip_bytes, client.proto)
         if req.body is None:
             pools = rt.snapshot.pools  # the current pools: a removed endpoint gets nothing new
             ep = pools.balancers[variant].pick(rt.loop.time())
@@ -235,19 +241,29 @@ class Exchange:
         elif body.complete and body.buffered <= SMALL_BODY and not body.consumed:
             whole = body.take_all()  # marks the body consumed: it is never sent twice
             conn.write(head + (h1.chunk(whole) + h1.LAST_CHUNK if self.req.chunked else whole))
+            shadow = self._shadow
+            if shadow is not None:
+                shadow.feed(whole)
+                shadow.body_done()
         else:
             conn.write(head)
+            shadow = self._shadow
             while not self._settled:
                 data = await body.read()
                 if data is None:
                     if body.aborted:
                         conn.abort()
-                    elif self.req.chunked:
-                        conn.write(h1.LAST_CHUNK)
+                    else:
+                        if self.req.chunked:
+                            conn.write(h1.LAST_CHUNK)
+                        if shadow is not None:
+                            shadow.body_done()
                     break
                 if conn.closed:
                     break  # the upstream went away; its loss is reported by on_lost
                 conn.write(h1.chunk(data) if self.req.chunked else data)
+                if shadow is not None:
+                    shadow.feed(data)
                 await conn.drain()
         if self.phase == _SENDING:
             self.phase = _WAITING
@@ -442,8 +458,9 @@ class Exchange:
     def _record(self) -> None:
         """Latency is arrival at veer to the end of the response (or of the failure)."""
         rt = self.rt
-        outcomes, access = rt.outcomes, rt.access_log
-        if not self.snap.recording and not outcomes.active and access is None:
+        outcomes, access, shadow = rt.outcomes, rt.access_log, self._shadow
+        if not self.snap.recording and not outcomes.active and access is None \
+                and shadow is None:
             return
         now = time.monotonic()  # the clock req.arrival was read from (see inbound)
         req = self.req
@@ -455,6 +472,8 @@ class Exchange:
                         latency_us, self.bytes_sent,
                         ep.label if ep is not None else err.upstream if err is not None else None,
                         self.client.peer_ip, req.headers, err.kind if err is not None else None))
+        if shadow is not None:
+            shadow.original_done(status, latency_us, self.failed or status >= 500 or status == 0)
         if outcomes.active and self.decision is not None:
             outcomes.request(self.variant, self.decision.user, latency_us,
                              self.failed or status >= 500 or status == 0)

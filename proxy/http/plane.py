@@ -20,6 +20,7 @@ from typing import Protocol
 
 from proxy.config.model import Config, Limits, Timeouts
 from proxy.http.fairness import ClientTable
+from proxy.http.mirror import Mirror
 from proxy.routing.live import LiveState
 from proxy.routing.router import Router
 from proxy.telemetry.access_log import AccessLogBuffer
@@ -89,6 +90,7 @@ class DataPlane:
         self.loop = loop
         self.snapshot = Snapshot.build(config)
         self.live = LiveState(config.new_weight_bp)
+        self.live.set_mirror(config.mirror.percent_bp)  # a rollout's phases set it after
         self.recorder = Recorder(config.recording.window)
         self.outcomes = Outcomes()
         configure_outcomes(self.outcomes, config)
@@ -100,6 +102,8 @@ class DataPlane:
         self.draining = False
         self.sweeper = Sweeper(period=_sweep_period(config.timeouts))
         self.sweeper.add(_IdleJanitor(self))
+        self.mirror = Mirror(self)  # copies of original's requests to new, when mirroring
+        self.sweeper.add(self.mirror)
 
     @property
     def config(self) -> Config:

@@ -94,3 +94,5 @@ def apply(rt: Runtime, new: Config, changed: list[str]) -> None:
     rt.swap(snapshot)
     if "new_weight_bp" in changed and rt.rollout is None and rt.weights_from_config:
         rt.live.set_weight(new.new_weight_bp)
+    if "mirror" in changed and rt.rollout is None and rt.decides:
+        rt.live.set_mirror(new.mirror.percent_bp)

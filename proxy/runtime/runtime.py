@@ -90,6 +90,7 @@ class Runtime(DataPlane):
         exp = config.experiment
         self.experiment = ExperimentRunner(exp, self.clock.wall()) if exp is not None else None
         self.serves = True  # False for a supervisor: its workers serve (and log)
+        self.decides = True  # False for a worker: its supervisor sends the live state
         self.access_writer: AccessLogWriter | None = None
 
     def set_access_log(self, cfg: AccessLog | None) -> None:

@@ -64,6 +64,7 @@ class ProxyServer:
         if role is Role.WORKER:
             self.rt.weights_from_config = False  # the supervisor sends the live state
         self.rt.serves = role is not Role.SUPERVISOR
+        self.rt.decides = role is not Role.WORKER
         if role is Role.SUPERVISOR:  # the host's picture is its workers' reports
             self.rt.host_view = self.rt.view = MergedTelemetry(self.rt.clock,
                                                                config.recording.window)

@@ -20,7 +20,7 @@ import math
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.routing.variant import NEW, ORIGINAL, VARIANTS, Variant
+from proxy.routing.variant import NEW, ORIGINAL, SERIES, Series
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
 from proxy.telemetry.outcomes import Outcomes
@@ -55,14 +55,14 @@ class MergedTelemetry:
         self.window_s = window
         self.fresh = fresh  # seconds: a reporter not heard for longer is gone (in-flight 0)
         self.latest: dict[str, Report] = {}  # every reporter's newest report
-        self._newest_slot: dict[tuple[str, Variant], int] = {}  # a slot sent twice counts once
-        self._ring: dict[int, dict[Variant, _Acc]] = {}
-        self._cumulative = {v: latency.new_histogram() for v in VARIANTS}
+        self._newest_slot: dict[tuple[str, Series], int] = {}  # a slot sent twice counts once
+        self._ring: dict[int, dict[Series, _Acc]] = {}
+        self._cumulative = {v: latency.new_histogram() for v in SERIES}
         self._mark_second = 0
-        self._since = {v: _Acc() for v in VARIANTS}
+        self._since = {v: _Acc() for v in SERIES}
         self._limits_us: tuple[int | None, int | None] = (None, None)
-        self._slow = {v: [0, 0] for v in VARIANTS}
-        self._timed = dict.fromkeys(VARIANTS, 0)
+        self._slow = {v: [0, 0] for v in SERIES}
+        self._timed = dict.fromkeys(SERIES, 0)
         self.outcomes = Outcomes()  # every reporter's per-user outcomes, merged
         self._outcome_seq: dict[str, int] = {}
         self.bad_outcomes = 0  # reports whose outcomes could not be read
@@ -122,38 +122,40 @@ class MergedTelemetry:
         return [r for r in self.latest.values() if now - r.time <= self.fresh]
 
     # -- TelemetrySource -----------------------------------------------------------
-    def totals(self, variant: Variant) -> Totals:
-        requests = failures = 0
+    def totals(self, variant: Series) -> Totals:
+        requests = failures = mismatches = 0
         for r in self.latest.values():
             c = r.counters.get(variant)
             if c is not None:
                 requests += c.requests
                 failures += c.failures
+                mismatches += c.mismatches
         slow = self._slow[variant]
-        return Totals(requests, failures, slow[0], slow[1], self._timed[variant])
+        return Totals(requests, failures, slow[0], slow[1], self._timed[variant], mismatches)
 
     def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None:
         self._limits_us = (None if p99_limit is None else int(p99_limit * 1e6),
                            None if p999_limit is None else int(p999_limit * 1e6))
-        self._slow = {v: [0, 0] for v in VARIANTS}
-        self._timed = dict.fromkeys(VARIANTS, 0)
+        self._slow = {v: [0, 0] for v in SERIES}
+        self._timed = dict.fromkeys(SERIES, 0)
 
     def mark(self) -> None:
         self._mark_second = math.ceil(self.clock.wall())
-        self._since = {v: _Acc() for v in VARIANTS}
+        self._since = {v: _Acc() for v in SERIES}
 
-    def latency_histograms(self) -> Histograms:
-        return histograms_of(self._since[NEW].hist, self._since[ORIGINAL].hist)
+    def latency_histograms(self, candidate: Series = NEW,
+                           baseline: Series = ORIGINAL) -> Histograms:
+        return histograms_of(self._since[candidate].hist, self._since[baseline].hist)
 
     # -- Picture ----------------------------------------------------------------------
-    def requests_total(self, variant: Variant) -> int:
+    def requests_total(self, variant: Series) -> int:
         return self.totals(variant).requests
 
-    def in_flight(self, variant: Variant) -> int:
+    def in_flight(self, variant: Series) -> int:
         return sum(c.in_flight for r in self._live()
                    if (c := r.counters.get(variant)) is not None)
 
-    def window(self, variant: Variant, seconds: int) -> WindowStats:
+    def window(self, variant: Series, seconds: int) -> WindowStats:
         first = int(self.clock.wall()) - seconds
         acc = _Acc()
         for second, by_variant in self._ring.items():
@@ -162,20 +164,21 @@ class MergedTelemetry:
                 acc.add(got.requests, got.errors, got.sum_us, got.hist)
         return latency.summarise(acc.hist, acc.requests, acc.errors, acc.sum_us)
 
-    def since_marked(self, variant: Variant) -> WindowStats:
+    def since_marked(self, variant: Series) -> WindowStats:
         s = self._since[variant]
         merged = latency.new_histogram()
         latency.add(merged, s.hist)
         return latency.summarise(merged, s.requests, s.errors, s.sum_us)
 
-    def cumulative(self, variant: Variant) -> HdrHistogram:
+    def cumulative(self, variant: Series) -> HdrHistogram:
         merged = latency.new_histogram()
         latency.add(merged, self._cumulative[variant])
         return merged
 
-    def counters(self, variant: Variant) -> Counters:
+    def counters(self, variant: Series) -> Counters:
         live = {r.reporter for r in self._live()}
         requests = failures = in_flight = bytes_in = bytes_out = sum_us = 0
+        mismatches = dropped = 0
         codes: dict[int, int] = {}
         errors: dict[str, int] = {}
         for r in self.latest.values():
@@ -188,16 +191,18 @@ class MergedTelemetry:
             bytes_in += c.bytes_in
             bytes_out += c.bytes_out
             sum_us += c.latency_sum_us
+            mismatches += c.mismatches
+            dropped += c.dropped
             for code, n in c.codes.items():
                 codes[code] = codes.get(code, 0) + n
             for kind, n in c.errors.items():
                 errors[kind] = errors.get(kind, 0) + n
         return Counters(requests, failures, in_flight, bytes_in, bytes_out, sum_us, codes,
-                        errors)
+                        errors, mismatches, dropped)
 
     def endpoints(self) -> list[EndpointReading]:
         """Connects summed over every reporter; healthy unless a live reporter ejected it."""
-        merged: dict[tuple[Variant, str], EndpointReading] = {}
+        merged: dict[tuple[Series, str], EndpointReading] = {}
         live = {r.reporter for r in self._live()}
         for r in self.latest.values():
             for e in r.endpoints:

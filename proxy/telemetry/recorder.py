@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.routing.variant import VARIANTS, Variant
+from proxy.routing.variant import SERIES, Series
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
 from proxy.telemetry.slots import SecondSlot, encode
@@ -61,12 +61,14 @@ class VariantRecorder:
         "codes",
         "cumulative",
         "current",
+        "dropped",
         "errors",
         "exceed_a",
         "exceed_b",
         "failures",
         "in_flight",
         "latency_sum_us",
+        "mismatches",
         "requests",
         "since_mark",
         "threshold_a",
@@ -89,6 +91,8 @@ class VariantRecorder:
         self.bytes_out = 0
         self.latency_sum_us = 0
         self.failures = 0  # 5xx answers and upstream failures after the response began
+        self.mismatches = 0  # shadow only: a status other than original's for the request
+        self.dropped = 0  # shadow only: copies not sent, the mirror's queue being full
         # Exceedance counts for the controller's latency gates (p99/p999 limits, in us):
         # "p99 < L" holds exactly when under 1% of requests are slower than L.
         self.threshold_a = self.threshold_b = NO_THRESHOLD
@@ -169,7 +173,7 @@ class VariantRecorder:
                 latency.add(merged, cur.hist)
         return latency.summarise(merged, requests, errors)
 
-    def closed_slots(self, variant: Variant, after: int, now: float) -> list[SecondSlot]:
+    def closed_slots(self, variant: Series, after: int, now: float) -> list[SecondSlot]:
         """Whole seconds later than ``after`` that are over by ``now``, as values another
         process can merge (``proxy.telemetry.slots``); oldest first."""
         current = int(now)
@@ -222,15 +226,15 @@ class Recorder:
     """All variants' recorders."""
 
     def __init__(self, ring_seconds: int = RING_SECONDS) -> None:
-        self.variants: dict[Variant, VariantRecorder] = {
-            v: VariantRecorder(ring_seconds) for v in VARIANTS}
+        self.variants: dict[Series, VariantRecorder] = {
+            v: VariantRecorder(ring_seconds) for v in SERIES}
 
     def mark(self, now: float) -> None:
         """Start a new "since" period for every variant."""
         for v in self.variants.values():
             v.mark(now)
 
-    def snapshot(self, variant: Variant) -> CountersSnapshot:
+    def snapshot(self, variant: Series) -> CountersSnapshot:
         """A consistent copy (one event loop: nothing changes while we copy)."""
         c = self.variants[variant]
         return CountersSnapshot(c.requests, c.in_flight, tuple(c.codes), dict(c.errors),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.routing.variant import VARIANTS, Variant
+from proxy.routing.variant import SERIES, VARIANTS, Series, Variant
 from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.recorder import Recorder, VariantRecorder
 from proxy.telemetry.slots import SecondSlot
@@ -32,13 +32,16 @@ class Counters:
     latency_sum_us: int = 0
     codes: dict[int, int] = field(default_factory=dict)  # nonzero only
     errors: dict[str, int] = field(default_factory=dict)
+    mismatches: int = 0  # shadow: answers whose status differed from original's
+    dropped: int = 0  # shadow: copies not sent (the mirror's queue was full)
 
     def to_wire(self) -> dict[str, Any]:
         """Plain JSON-able data."""
         return {"requests": self.requests, "failures": self.failures,
                 "in_flight": self.in_flight, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "latency_sum_us": self.latency_sum_us,
-                "codes": {str(k): v for k, v in self.codes.items()}, "errors": self.errors}
+                "codes": {str(k): v for k, v in self.codes.items()}, "errors": self.errors,
+                "mismatches": self.mismatches, "dropped": self.dropped}
 
     @staticmethod
     def from_wire(d: dict[str, Any]) -> Counters:
@@ -46,14 +49,15 @@ class Counters:
         return Counters(int(d["requests"]), int(d["failures"]), int(d["in_flight"]),
                         int(d["bytes_in"]), int(d["bytes_out"]), int(d["latency_sum_us"]),
                         {int(k): int(v) for k, v in dict(d["codes"]).items()},
-                        {str(k): int(v) for k, v in dict(d["errors"]).items()})
+                        {str(k): int(v) for k, v in dict(d["errors"]).items()},
+                        int(d.get("mismatches", 0)), int(d.get("dropped", 0)))
 
 
 def counters_of(r: VariantRecorder) -> Counters:
     """A copy of one variant recorder's counters."""
     return Counters(r.requests, r.failures, r.in_flight, r.bytes_in, r.bytes_out,
                     r.latency_sum_us, {code: n for code, n in enumerate(r.codes) if n},
-                    {k: n for k, n in r.errors.items() if n})
+                    {k: n for k, n in r.errors.items() if n}, r.mismatches, r.dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ class Report:
 
     reporter: str  # unique per process incarnation: a restarted worker is a new reporter
     time: float  # unix seconds when made
-    counters: dict[Variant, Counters]
+    counters: dict[Series, Counters]
     slots: list[SecondSlot] = field(default_factory=list)
     endpoints: list[EndpointReading] = field(default_factory=list)
     # Per-user outcomes recorded since the reporter's previous report (``seq`` - 1): each
@@ -94,7 +98,7 @@ class Report:
         """The inverse of ``to_wire``; KeyError, TypeError or ValueError on bad data."""
         counters = {}
         for v, c in dict(d["counters"]).items():
-            if v not in VARIANTS:
+            if v not in SERIES:
                 raise ValueError(f"unknown variant {v!r}")
             counters[v] = Counters.from_wire(c)
         endpoints = []
@@ -130,7 +134,7 @@ class Reporter:
         shift = round(self.clock.wall() - now)  # monotonic -> wall seconds, same on a host
         counters = {}
         slots: list[SecondSlot] = []
-        for v in VARIANTS:
+        for v in SERIES:
             r = self.recorder.variants[v]
             counters[v] = counters_of(r)
             slots.extend(r.closed_slots(v, self._after, now))

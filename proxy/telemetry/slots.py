@@ -15,7 +15,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.routing.variant import VARIANTS, Variant
+from proxy.routing.variant import SERIES, Series
 from proxy.telemetry import latency
 
 
@@ -23,7 +23,7 @@ from proxy.telemetry import latency
 class SecondSlot:
     """What one variant did in one whole second."""
 
-    variant: Variant
+    variant: Series
     second: int  # int(monotonic seconds) of the process that recorded it
     requests: int
     errors: int
@@ -48,7 +48,7 @@ class SecondSlot:
     def from_wire(d: dict[str, Any]) -> SecondSlot:
         """The inverse of ``to_wire``; raises KeyError, TypeError or ValueError on bad data."""
         variant = d["variant"]
-        if variant not in VARIANTS:
+        if variant not in SERIES:
             raise ValueError(f"unknown variant {variant!r}")
         second, requests, errors, sum_us = (int(d[k]) for k in
                                             ("second", "requests", "errors", "sum_us"))
@@ -69,7 +69,7 @@ def encode(hist: HdrHistogram | None) -> bytes:
 def merge(slots: Iterable[SecondSlot]) -> list[SecondSlot]:
     """Slots of the same variant and second summed into one (from several processes);
     sorted by second, then variant."""
-    groups: dict[tuple[int, Variant], list[SecondSlot]] = {}
+    groups: dict[tuple[int, Series], list[SecondSlot]] = {}
     for s in slots:
         groups.setdefault((s.second, s.variant), []).append(s)
     out = []

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from hdrh.histogram import HdrHistogram
 
-from proxy.routing.variant import NEW, ORIGINAL, VARIANTS, Variant
+from proxy.routing.variant import NEW, ORIGINAL, SERIES, Series
 from proxy.telemetry import latency
 from proxy.telemetry.latency import WindowStats
 from proxy.telemetry.outcomes import Outcomes
@@ -36,6 +36,7 @@ class Totals:
     slow_p99: int = 0  # slower than the phase's p99 limit
     slow_p999: int = 0
     timed: int = -1  # requests the slow counts cover (-1: all of them, as in one process)
+    mismatches: int = 0  # shadow: status other than original's for the same request
 
     @property
     def latency_sample(self) -> int:
@@ -45,7 +46,8 @@ class Totals:
     def __sub__(self, other: Totals) -> Totals:
         return Totals(self.requests - other.requests, self.failures - other.failures,
                       self.slow_p99 - other.slow_p99, self.slow_p999 - other.slow_p999,
-                      self.latency_sample - other.latency_sample)
+                      self.latency_sample - other.latency_sample,
+                      self.mismatches - other.mismatches)
 
 
 class TelemetrySource(Protocol):
@@ -56,7 +58,7 @@ class TelemetrySource(Protocol):
         """Per-user outcomes (metric gates)."""
         ...
 
-    def totals(self, variant: Variant) -> Totals:
+    def totals(self, variant: Series) -> Totals:
         """Cumulative counts now (the controller takes differences per tick)."""
         ...
 
@@ -68,8 +70,10 @@ class TelemetrySource(Protocol):
         """A phase begins: latency histograms count from here."""
         ...
 
-    def latency_histograms(self) -> Histograms:
-        """Values (seconds) and since-mark counts for new and original."""
+    def latency_histograms(self, candidate: Series = NEW,
+                           baseline: Series = ORIGINAL) -> Histograms:
+        """Values (seconds) and since-mark counts for the candidate (new, or in a shadow
+        phase the shadow) and its baseline (original, or the paired answers)."""
         ...
 
 
@@ -81,27 +85,27 @@ class Picture(Protocol):
         """Per-user outcomes (experiments, metric gates)."""
         ...
 
-    def requests_total(self, variant: Variant) -> int:
+    def requests_total(self, variant: Series) -> int:
         """Requests answered since start."""
         ...
 
-    def in_flight(self, variant: Variant) -> int:
+    def in_flight(self, variant: Series) -> int:
         """Requests being served now."""
         ...
 
-    def window(self, variant: Variant, seconds: int) -> WindowStats:
+    def window(self, variant: Series, seconds: int) -> WindowStats:
         """The last ``seconds`` seconds."""
         ...
 
-    def since_marked(self, variant: Variant) -> WindowStats:
+    def since_marked(self, variant: Series) -> WindowStats:
         """Since the phase began."""
         ...
 
-    def cumulative(self, variant: Variant) -> HdrHistogram:
+    def cumulative(self, variant: Series) -> HdrHistogram:
         """Every latency since start (a copy)."""
         ...
 
-    def counters(self, variant: Variant) -> Counters:
+    def counters(self, variant: Series) -> Counters:
         """Status codes, error kinds, bytes and the latency sum since start."""
         ...
 
@@ -133,12 +137,12 @@ class LocalTelemetry:
         self._endpoints = endpoints
         self._now = now or clock.monotonic  # the recorder's time base (the loop's)
 
-    def totals(self, variant: Variant) -> Totals:
+    def totals(self, variant: Series) -> Totals:
         r = self.recorder.variants[variant]
-        return Totals(r.requests, r.failures, r.exceed_a, r.exceed_b)
+        return Totals(r.requests, r.failures, r.exceed_a, r.exceed_b, -1, r.mismatches)
 
     def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None:
-        for v in VARIANTS:
+        for v in SERIES:
             self.recorder.variants[v].watch(
                 None if p99_limit is None else int(p99_limit * 1e6),
                 None if p999_limit is None else int(p999_limit * 1e6))
@@ -146,34 +150,35 @@ class LocalTelemetry:
     def mark(self) -> None:
         self.recorder.mark(self.clock.monotonic())
 
-    def latency_histograms(self) -> Histograms:
+    def latency_histograms(self, candidate: Series = NEW,
+                           baseline: Series = ORIGINAL) -> Histograms:
         """Trimmed to the range that has data."""
         now = self.clock.monotonic()
         v = self.recorder.variants
-        return histograms_of(v[NEW].since_marked(now).histogram,
-                             v[ORIGINAL].since_marked(now).histogram)
+        return histograms_of(v[candidate].since_marked(now).histogram,
+                             v[baseline].since_marked(now).histogram)
 
     # -- Picture -------------------------------------------------------------------
     @property
     def outcomes(self) -> Outcomes:
         return self._outcomes
 
-    def requests_total(self, variant: Variant) -> int:
+    def requests_total(self, variant: Series) -> int:
         return self.recorder.variants[variant].requests
 
-    def in_flight(self, variant: Variant) -> int:
+    def in_flight(self, variant: Series) -> int:
         return self.recorder.variants[variant].in_flight
 
-    def window(self, variant: Variant, seconds: int) -> WindowStats:
+    def window(self, variant: Series, seconds: int) -> WindowStats:
         return self.recorder.variants[variant].window(seconds, self._now())
 
-    def since_marked(self, variant: Variant) -> WindowStats:
+    def since_marked(self, variant: Series) -> WindowStats:
         return self.recorder.variants[variant].since_marked(self._now())
 
-    def cumulative(self, variant: Variant) -> HdrHistogram:
+    def cumulative(self, variant: Series) -> HdrHistogram:
         return self.recorder.variants[variant].cumulative_histogram()
 
-    def counters(self, variant: Variant) -> Counters:
+    def counters(self, variant: Series) -> Counters:
         return counters_of(self.recorder.variants[variant])
 
     def endpoints(self) -> list[EndpointReading]:

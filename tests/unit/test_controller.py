@@ -13,7 +13,7 @@ from proxy.config.plan import Rollout, read_rollout
 from proxy.config.reader import Reader
 from proxy.control.controller import ActionError, Controller
 from proxy.control.state import Status
-from proxy.routing.variant import NEW, ORIGINAL, Variant
+from proxy.routing.variant import NEW, ORIGINAL, SERIES, Series
 from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.source import Totals
 
@@ -40,21 +40,21 @@ class FakeTelemetry:
     """Cumulative counts the test adds to; latency histograms on a 1 ms grid."""
 
     def __init__(self) -> None:
-        self.counts = {NEW: Totals(), ORIGINAL: Totals()}
+        self.counts: dict[Series, Totals] = {v: Totals() for v in SERIES}
         self.watched: tuple[float | None, float | None] = (None, None)
         self.marks = 0
         self.values = np.arange(1, 1001, dtype=np.float64) / 1000
-        self.hist = {NEW: np.zeros(1000), ORIGINAL: np.zeros(1000)}
+        self.hist: dict[Series, npt.NDArray[np.float64]] = {v: np.zeros(1000) for v in SERIES}
         self.outcomes = Outcomes()  # per-user metrics, for metric gates
 
-    def feed(self, variant: Variant, requests: int, failures: int = 0, slow_p99: int = 0,
-             slow_p999: int = 0) -> None:
-        self.counts[variant] = Totals(*(a + b for a, b in zip(
-            (self.counts[variant].requests, self.counts[variant].failures,
-             self.counts[variant].slow_p99, self.counts[variant].slow_p999),
-            (requests, failures, slow_p99, slow_p999), strict=True)))
+    def feed(self, variant: Series, requests: int, failures: int = 0, slow_p99: int = 0,
+             slow_p999: int = 0, mismatches: int = 0) -> None:
+        c = self.counts[variant]
+        self.counts[variant] = Totals(c.requests + requests, c.failures + failures,
+                                      c.slow_p99 + slow_p99, c.slow_p999 + slow_p999, -1,
+                                      c.mismatches + mismatches)
 
-    def totals(self, variant: Variant) -> Totals:
+    def totals(self, variant: Series) -> Totals:
         return self.counts[variant]
 
     def watch_latency(self, p99_limit: float | None, p999_limit: float | None) -> None:
@@ -66,9 +66,9 @@ class FakeTelemetry:
             h[:] = 0
 
     def latency_histograms(
-        self,
+        self, candidate: Series = NEW, baseline: Series = ORIGINAL,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        return self.values, self.hist[NEW], self.hist[ORIGINAL]
+        return self.values, self.hist[candidate], self.hist[baseline]
 
 
 class Clock:
