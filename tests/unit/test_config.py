@@ -547,3 +547,59 @@ def test_top_level_x_keys_are_the_users_anchors_and_elsewhere_are_typos() -> Non
     with pytest.raises(ConfigError) as info:
         from_dict({**base, "routing": {"x-salt": "s"}}, SOURCE)
     assert info.value.path == "routing.x-salt"
+
+
+def test_mirror_health_access_log_and_tls_sections() -> None:
+    cfg = from_dict({**with_("mirror", {"percent": 2.5, "methods": ["GET", "POST"],
+                                        "max_body": "1KiB", "queue": 8, "timeout": "2s"}),
+                     "health": {"active": {"interval": "1s", "timeout": "500ms", "healthy": 2,
+                                           "unhealthy": 2, "expect": "200-299"}},
+                     "access_log": {"path": "-", "format": "combined"},
+                     "tls": {"cert": "c.pem", "key": "k.pem", "min_version": "1.3"}}, SOURCE)
+    assert cfg.mirror.percent_bp == 250 and cfg.mirror.methods == {"GET", "POST"}
+    assert (cfg.mirror.max_body, cfg.mirror.queue, cfg.mirror.timeout) == (1024, 8, 2.0)
+    active = cfg.health.active
+    assert active is not None and (active.interval, active.timeout, active.expect) == (
+        1.0, 0.5, (200, 299))
+    assert cfg.access_log is not None and cfg.access_log.format == "combined"
+    assert cfg.tls is not None and cfg.tls.min_version == "1.3"
+    defaults = from_dict(with_("health", {"active": {}}), SOURCE).health.active
+    assert defaults is not None and (defaults.interval, defaults.healthy, defaults.unhealthy) \
+        == (2.0, 2, 3)  # HAProxy's inter 2s, rise 2, fall 3
+
+
+@pytest.mark.parametrize(("section", "value", "key"), [
+    ("mirror", {"percent": 101}, "mirror.percent"),
+    ("mirror", {"methods": ["get"]}, "mirror.methods"),
+    ("mirror", {"queue": 0}, "mirror.queue"),
+    ("health", {"active": {"path": "healthz"}}, "health.active.path"),
+    ("health", {"active": {"interval": "1s", "timeout": "2s"}}, "health.active.timeout"),
+    ("health", {"active": {"expect": "300-200"}}, "health.active.expect"),
+    ("health", {"active": {"unhealthy": 0}}, "health.active.unhealthy"),
+    ("access_log", {"format": "json"}, "access_log.path"),
+    ("access_log", {"path": "x", "format": "xml"}, "access_log.format"),
+])
+def test_data_plane_section_errors_name_the_key(section: str, value: Any, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(with_(section, value), SOURCE)
+    assert info.value.path == key
+
+
+def test_a_phase_mirrors_as_the_config_unless_it_says() -> None:
+    plan = {"plan": [{"name": "shadow", "weight": 0, "mirror": 100},
+                     {"name": "canary", "weight": 10}, {"name": "full", "weight": 100}]}
+    cfg = from_dict({**with_("rollout", plan), "mirror": {"percent": 5}}, SOURCE)
+    assert cfg.rollout is not None
+    assert [p.mirror_bp for p in cfg.rollout.phases] == [10000, 500, 500]
+    assert [p.shadow for p in cfg.rollout.phases] == [True, False, False]
+
+
+def test_live_state_carries_the_mirror_share_to_workers() -> None:
+    from proxy.routing.live import LiveState
+
+    a, b = LiveState(100), LiveState()
+    a.set_mirror(2500)
+    b.take(a.to_wire())
+    assert (b.new_weight_bp, b.mirror_bp) == (100, 2500)
+    with pytest.raises(ValueError, match="mirror"):
+        a.set_mirror(10001)

@@ -13,7 +13,7 @@ from proxy.config.plan import Rollout, read_rollout
 from proxy.config.reader import Reader
 from proxy.control.controller import ActionError, Controller
 from proxy.control.state import Status
-from proxy.routing.variant import NEW, ORIGINAL, SERIES, Series
+from proxy.routing.variant import NEW, ORIGINAL, PAIRED, SERIES, SHADOW, Series
 from proxy.telemetry.outcomes import Outcomes
 from proxy.telemetry.source import Totals
 
@@ -304,3 +304,45 @@ def test_confirm_hook_must_say_yes_before_advancing() -> None:
     assert key2 is not None and key2 != key
     c.confirmed(key2, True)
     assert run(c, tel, clock, 0.25, rps=10) == ["advance"]
+
+
+SHADOW_PLAN = {"plan": [
+    {"name": "shadow", "weight": 0, "mirror": 100, "duration": "10m",
+     "gates": {"max_error_rate": "1%", "max_status_mismatch": "2%", "min_requests": 50}},
+    {"name": "full", "weight": 100}]}
+
+
+def test_a_shadow_phase_is_judged_on_the_shadow_and_ignores_new() -> None:
+    c, tel, clock = make(SHADOW_PLAN)
+    assert c.weight_bp == 0 and c.mirror_bp == 10000 and c.phase.shadow
+    for _ in range(40):  # new's own series is broken, but no user is on it: not judged
+        clock.t += 0.25
+        tel.feed(NEW, 10, 10)
+        tel.feed(SHADOW, 10, 0)
+        tel.feed(PAIRED, 10, 0)
+        assert c.tick(clock.t) == []
+    assert {f.gate for f in c.findings} == {"error_rate", "status_mismatch"}
+    clock.t += 601
+    tel.feed(SHADOW, 10)
+    assert [e.kind for e in c.tick(clock.t)] == ["advance"]
+    assert c.mirror_bp == 0 and not c.phase.shadow  # full: the config's mirror (none)
+
+
+def test_status_mismatches_on_the_shadow_roll_back_before_any_user_is_routed() -> None:
+    c, tel, clock = make(SHADOW_PLAN)
+    kinds: list[str] = []
+    for _ in range(40):
+        clock.t += 0.25
+        tel.feed(SHADOW, 10, 0, mismatches=3)  # same error rate, other statuses: 30%
+        tel.feed(PAIRED, 10)
+        kinds += [e.kind for e in c.tick(clock.t)]
+    assert kinds == ["rollback"] and c.weight_bp == 0 and c.mirror_bp == 0
+    assert "status_mismatch" in c.state.events[-1].reason
+
+
+def test_max_status_mismatch_outside_a_shadow_phase_is_a_config_error() -> None:
+    from proxy.config.reader import ConfigError
+
+    with pytest.raises(ConfigError, match="shadow phase"):
+        rollout({"plan": [{"name": "c", "weight": 10,
+                           "gates": {"max_status_mismatch": "1%"}}, {"name": "f", "weight": 100}]})
