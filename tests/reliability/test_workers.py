@@ -881,3 +881,26 @@ async def test_every_worker_serves_tls_and_sighup_renews_every_workers_certifica
 async def _renewed(serials: Callable[[], Awaitable[set[int]]], old: set[int]) -> bool:
     seen = await serials()
     return len(seen) == 1 and not seen & old
+
+
+# -- 11. mirroring across workers: each copies, the supervisor's picture merges the shadows
+async def test_every_worker_mirrors_and_the_host_counts_each_copy_once(
+        start_veer: StartVeer) -> None:
+    veer = await start_veer(mirror={"percent": 100})
+    await all_serving(veer, 2)
+    async with aiohttp.ClientSession() as s:
+        sent = 30
+        for _ in range(sent):
+            served, _ = await exchange(veer, veer.user("m"))
+            assert served.status == 200 and served.variant == "original"
+
+        async def counted() -> bool:  # at 100% every request to original has its copy
+            st = await status(s, veer)
+            total = st["variants"]["original"]["requests_total"]
+            return bool(total >= sent and st.get("shadow", {}).get("requests_total") == total)
+
+        await until(counted, timeout=15, what="a copy merged for every request, once")
+        shadow = (await status(s, veer))["shadow"]
+        assert shadow["mirror"] == 100.0 and shadow["mismatches_total"] == 0
+        samples = await metrics(s, veer)
+        assert series(samples, "veer_mirror_ratio") == {(): 1.0}
