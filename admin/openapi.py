@@ -25,6 +25,22 @@ ROLLOUT = {"type": "object", "nullable": True,
                           "gates": {"type": "array", "items": {"type": "object"}},
                           "phases": {"type": "array", "items": {"type": "object"}},
                           "deny_users": {"type": "array", "items": {"type": "string"}}}}
+ENDPOINTS = {"type": "array", "items": {
+    "type": "object", "required": ["variant", "endpoint", "healthy"],
+    "properties": {"variant": {"type": "string"}, "endpoint": {"type": "string"},
+                   "healthy": {"type": "boolean"}, "outstanding": {"type": "integer"},
+                   "ejections": {"type": "integer"},
+                   "active": {"type": "object", "description": "active health checks: down, "
+                              "last (what the last probe saw), streak"}}}}
+SHADOW_VIEW = {"type": "object", "description": "mirrored traffic (present when mirroring)",
+               "required": ["mirror", "requests_total", "mismatches_total", "dropped_total"],
+               "properties": {"mirror": {"type": "number"},
+                              "requests_total": {"type": "integer"},
+                              "mismatches_total": {"type": "integer"},
+                              "agreement": {"type": "number", "nullable": True},
+                              "dropped_total": {"type": "integer"},
+                              "in_flight": {"type": "integer"},
+                              "since_phase": {"type": "object"}}}
 MUTATION_RESULT = {"type": "object", "required": ["events", "weights"],
                    "properties": {"events": {"type": "array", "items": EVENT},
                                   "weights": WEIGHTS, "status": ROLLOUT}}
@@ -73,7 +89,9 @@ SPEC: dict[str, Any] = {
                                               "required": ["weights", "variants", "rollout"],
                                               "properties": {"weights": WEIGHTS,
                                                              "rollout": ROLLOUT,
-                                                             "variants": {"type": "object"}}})}},
+                                                             "variants": {"type": "object"},
+                                                             "endpoints": ENDPOINTS,
+                                                             "shadow": SHADOW_VIEW}})}},
         "/weights": {
             "get": {"summary": "Current weights (percent)", "responses": _ok(WEIGHTS)},
             "put": _mutation("Set weights by hand (pauses a running plan)", {
