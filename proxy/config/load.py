@@ -222,6 +222,12 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         rollout = dataclasses.replace(rollout, phases=tuple(
             p if p.mirror_bp is not None else dataclasses.replace(p, mirror_bp=mirror.percent_bp)
             for p in rollout.phases))
+        for i, p in enumerate(rollout.phases):
+            if p.gates.max_status_mismatch is not None and not p.shadow:
+                raise ConfigError(source, f"rollout.plan[{i}].gates.max_status_mismatch",
+                                  p.gates.max_status_mismatch, "a shadow phase (weight 0 with "
+                                  "mirror above 0, here or in mirror.percent): only mirrored "
+                                  "requests have two answers to compare")
     # Top-level x-* keys are the user's (YAML anchors to share, as in compose files).
     r.done(tuple(k for k in data if isinstance(k, str) and k.startswith("x-")))
     if experiment is not None:

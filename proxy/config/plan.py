@@ -139,7 +139,8 @@ def _read_phase(r: Reader, index: int, default_gates: Gates) -> Phase:
                         "a percent 0..100, e.g. 100"),
     )
     r.done()
-    if phase.gates.max_status_mismatch is not None and not phase.shadow:
+    if phase.gates.max_status_mismatch is not None and phase.mirror_bp is not None \
+            and not phase.shadow:  # (without mirror: it mirrors as the config does: see load)
         raise r.fail("gates.max_status_mismatch", phase.gates.max_status_mismatch,
                      "a shadow phase (weight 0 with mirror above 0): only mirrored "
                      "requests have two answers to compare")

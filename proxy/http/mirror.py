@@ -71,15 +71,16 @@ class Mirror:
         """A copy of ``req`` if this request is one of the mirrored share (an exact share,
         spread evenly: every 10000 / mirror_bp-th request), its method is mirrored and its
         body can fit; else None."""
+        cfg = self.plane.snapshot.config.mirror
+        if req.method.decode("latin-1") not in cfg.methods or req.upgrade is not None:
+            return None  # (an Upgrade would open a real tunnel on new)
+        if req.content_length is not None and req.content_length > cfg.max_body:
+            return None
+        # The share is of the requests that can be mirrored: others spend none of it.
         self._credit += self.plane.live.mirror_bp
         if self._credit < 10000:
             return None
         self._credit -= 10000
-        cfg = self.plane.snapshot.config.mirror
-        if req.method.decode("latin-1") not in cfg.methods:
-            return None
-        if req.content_length is not None and req.content_length > cfg.max_body:
-            return None
         return Shadow(self, req, peer_ip, proto, req.body is None)
 
     def check(self, now: float) -> None:
@@ -92,9 +93,9 @@ class Mirror:
 class Shadow:
     """One copy: its body as it is sent to original, its answer, and original's."""
 
-    __slots__ = ("_chunks", "_size", "conn", "done", "failed", "head_only", "keep", "latency_s",
-                 "launched", "mirror", "orig", "peer_ip", "proto", "req", "sent_at", "status",
-                 "void")
+    __slots__ = ("_chunks", "_payload", "_size", "close_delimited", "conn", "done", "failed",
+                 "head_only", "keep", "latency_s", "launched", "mirror", "orig", "peer_ip",
+                 "proto", "req", "sent_at", "status", "void")
 
     def __init__(self, mirror: Mirror, req: Request, peer_ip: bytes, proto: bytes,
                  complete: bool) -> None:
@@ -108,6 +109,8 @@ class Shadow:
         self.conn: UpstreamConnection | None = None
         self.launched = self.done = self.failed = False
         self.keep = True  # the copy's connection may be reused
+        self.close_delimited = False  # the answer's body ends when new closes
+        self._payload = b""  # what was written, for one resend after a stale connection
         self.void = False  # not sent, or its original never completed: recorded nowhere
         self.status = 0
         self.sent_at = self.latency_s = 0.0
@@ -136,6 +139,8 @@ class Shadow:
     def original_done(self, status: int, latency_us: int, failed: bool) -> None:
         """Original's answer to the request (the exchange concluded)."""
         self.orig = (status, latency_us, failed)
+        if status == 0:  # the client left before any answer: nothing to compare with
+            self.void = True
         if not self.launched:
             self._chunks = None  # the body never completed: nothing to compare
             self.done = self.void = True
@@ -187,11 +192,13 @@ class Shadow:
         conn.start(self, self.head_only)
         req = self.req
         head = request_head(req, self.peer_ip, conn.endpoint.authority, self.proto)
-        body = b"".join(self._chunks or ())
-        self._chunks = None
-        if req.chunked:
-            body = (h1.chunk(body) if body else b"") + h1.LAST_CHUNK
-        conn.write(head[:-2] + SHADOW_HEADER + b"\r\n" + body)
+        if not self._payload:
+            body = b"".join(self._chunks or ())
+            self._chunks = None
+            if req.chunked:
+                body = (h1.chunk(body) if body else b"") + h1.LAST_CHUNK
+            self._payload = head[:-2] + SHADOW_HEADER + b"\r\n" + body
+        conn.write(self._payload)
 
     # -- ResponseSink ---------------------------------------------------------------
     def on_interim(self, status: int, headers: Headers) -> None:
@@ -200,6 +207,10 @@ class Shadow:
     def on_head(self, status: int, headers: Headers, keep_alive: bool) -> None:
         self.status = status
         self.keep = keep_alive
+        # No length and not chunked: the body runs to the close (RFC 9112 6.3), a complete
+        # answer when the connection then closes cleanly.
+        framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
+        self.close_delimited = not framed and not self.head_only and status not in (204, 304)
 
     def on_body(self, data: bytes) -> None:
         return None  # discarded: the copy's answer is judged by its status and time
@@ -221,12 +232,22 @@ class Shadow:
         self.on_lost(None)  # a copy is never tunnelled
 
     def on_lost(self, exc: BaseException | None) -> None:
+        if self.status and self.close_delimited and exc is None and self.conn is not None:
+            self.keep = False
+            self.on_end()  # a close-delimited body ends at a clean close
+            return
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.endpoint.outstanding -= 1
             conn.sink = None
             conn.abort()
-        self._finish(0 if self.status == 0 else self.status, True)
+            if (not self.status and conn.served > 1 and not self.done
+                    and self.req.method in h1.IDEMPOTENT and not isinstance(exc, TimeoutError)):
+                # A pooled connection new had closed as the copy arrived, unread (as the
+                # exchange does for users): once more, on a fresh connection.
+                self.mirror.plane.loop.create_task(self._connect(conn.endpoint))
+                return
+        self._finish(self.status, True)
 
     def flush(self) -> None:
         return None

@@ -1,12 +1,19 @@
 """The access log's writer: takes the buffered entries a few times a second and appends them.
 
+The loop only takes the batch (a list swap) every ``FLUSH_EVERY`` seconds and
+hands it to one writer thread, which formats it and writes it: neither a slow
+disk nor a log reader that stops reading (``-`` piped to a collector) ever
+blocks the event loop. While ``MAX_QUEUED`` batches already wait for the thread,
+a new one is dropped and counted, so a stalled consumer costs lines, never
+memory or latency. The thread does everything to the file in order (writes,
+switching to a reopened file, closing), so no write ever lands on a closed or
+reused descriptor.
+
 The file is opened with ``O_APPEND`` so that the workers of one host can share
-it: each flush is one ``write`` of whole lines, and Linux appends each write at
-the end as one piece. Formatting and the write run on the loop between
-requests, never inside one; appending a batch to a local file takes
-microseconds (nginx's workers write their logs the same way). ``reopen``
-(SIGUSR1, after logrotate moved the file) opens the path again; ``-`` is
-standard output.
+it: each write is whole lines, and Linux appends a regular file's write as one
+piece. Into a pipe only writes up to ``PIPE_BUF`` are atomic, so there batches
+go in pieces of whole lines no larger than that. ``reopen`` (SIGUSR1, after
+logrotate moved the file) opens the path again; ``-`` is standard output.
 """
 
 from __future__ import annotations
@@ -14,13 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
+import select
+import stat
+import threading
 
 from proxy.config.model import AccessLog
-from proxy.telemetry.access_log import AccessLogBuffer
+from proxy.telemetry.access_log import AccessLogBuffer, Entry
 
 log = logging.getLogger("veer")
 
-FLUSH_EVERY = 0.2  # seconds between writes
+FLUSH_EVERY = 0.2  # seconds between batches
+MAX_QUEUED = 8  # batches waiting for the thread before new ones are dropped
+CLOSE_WAIT = 2.0  # seconds a stop waits for the thread's last writes
 
 
 class AccessLogError(Exception):
@@ -38,15 +51,24 @@ def open_log(path: str) -> int:
 
 
 class AccessLogWriter:
-    """Writes one ``AccessLogBuffer`` to the configured file until stopped."""
+    """Writes one ``AccessLogBuffer`` to the configured file until closed."""
 
     def __init__(self, cfg: AccessLog, buffer: AccessLogBuffer) -> None:
         self.cfg = cfg
         self.buffer = buffer
-        self.fd = open_log(cfg.path)
-        self.written = 0  # lines
+        fd = open_log(cfg.path)
+        self.written = 0  # lines (counted by the thread)
         self.failed = 0  # lines lost to write errors
+        self.dropped = 0  # lines dropped: the thread was too far behind
         self.reopened = 0
+        # Batches handed over (by the loop) and written (by the thread): each counter has
+        # one writer, so their difference is exact without a lock.
+        self._handed = self._done = 0
+        # (kind, lines, format, fd): "lines" to write, "switch" to fd, "close"
+        self._jobs: queue.SimpleQueue[tuple[str, list[Entry], str, int]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, args=(fd,), daemon=True,
+                                        name="veer-access-log")
+        self._thread.start()
         self._task: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -59,39 +81,81 @@ class AccessLogWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is waiting (one write per batch)."""
+        """Hand what is waiting to the thread (or drop it, counted, if the thread is far
+        behind)."""
         batch = self.buffer.take()
         if not batch:
             return
+        if self._handed - self._done >= MAX_QUEUED:
+            self.dropped += len(batch)
+            return
+        self._handed += 1
+        self._jobs.put(("lines", batch, self.buffer.format, -1))
+
+    def reopen(self, cfg: AccessLog | None = None) -> None:
+        """Open the path (or ``cfg``'s, after a reload) again; raises ``AccessLogError`` and
+        keeps writing where it did when it cannot. Lines handed over before this go to the
+        old file."""
+        cfg = cfg or self.cfg
+        fd = open_log(cfg.path)
+        self.cfg = cfg
+        self.buffer.format = cfg.format
+        self.reopened += 1
+        self._jobs.put(("switch", [], "", fd))
+
+    def close(self) -> None:
+        """Hand over the last entries, close the file; waits up to ``CLOSE_WAIT`` for the
+        thread (a stalled consumer cannot hold the process)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.flush()
+        self._jobs.put(("close", [], "", -1))
+        self._thread.join(CLOSE_WAIT)
+
+    # -- the thread ------------------------------------------------------------------
+    def _work(self, fd: int) -> None:
+        while True:
+            kind, batch, fmt, new_fd = self._jobs.get()
+            if kind == "lines":
+                self._write(fd, batch, fmt)
+                self._done += 1
+            elif kind == "switch":
+                os.close(fd)
+                fd = new_fd
+            else:
+                os.close(fd)
+                return
+
+    def _write(self, fd: int, batch: list[Entry], fmt: str) -> None:
         try:
-            _write_all(self.fd, self.buffer.render(batch))
+            data = self.buffer.render(batch, fmt)
+            _write_all(fd, data, piped=not stat.S_ISREG(os.fstat(fd).st_mode))
             self.written += len(batch)
         except OSError as exc:
             self.failed += len(batch)
             log.error("access log %s: write failed (%s); %d lines lost", self.cfg.path,
                       exc.strerror, len(batch))
 
-    def reopen(self, cfg: AccessLog | None = None) -> None:
-        """Open the path (or ``cfg``'s, after a reload) again; the old file is closed once the
-        new one is open, so a failure keeps writing where it did."""
-        cfg = cfg or self.cfg
-        fd = open_log(cfg.path)
-        old, self.fd, self.cfg = self.fd, fd, cfg
-        self.buffer.format = cfg.format
-        self.reopened += 1
-        os.close(old)
 
-    def close(self) -> None:
-        """Write the last entries and close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        self.flush()
-        os.close(self.fd)
+def _write_all(fd: int, data: bytes, piped: bool) -> None:
+    """All of ``data``; into a pipe in pieces of whole lines of at most PIPE_BUF bytes, so
+    that the lines of several writers never interleave."""
+    if not piped:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    start = 0
+    while start < len(data):
+        end = min(len(data), start + select.PIPE_BUF)
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else end  # a line longer than PIPE_BUF goes whole
+            if cut < start:
+                end = data.find(b"\n", start) + 1 or len(data)
+        piece = memoryview(data)[start:end]
+        while piece:
+            piece = piece[os.write(fd, piece):]
+        start = end
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]

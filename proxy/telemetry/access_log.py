@@ -2,8 +2,8 @@
 
 The data plane appends one ``Entry`` per request to ``AccessLogBuffer.pending``:
 no formatting, no clock read beyond the one the latency already took, no I/O.
-A writer (``proxy.runtime.access_writer``) takes the batch a few times a second,
-formats it here and appends it to the file in one write. Between two takes at
+A writer (``proxy.runtime.access_writer``) takes the batch a few times a second
+and, in its own thread, formats it here and appends it to the file. Between two takes at
 most ``MAX_PENDING`` entries wait; beyond that they are dropped and counted, so
 a stalled disk costs lines, never memory or latency.
 
@@ -56,11 +56,34 @@ class AccessLogBuffer:
         self.taken += len(batch)
         return batch
 
-    def render(self, batch: list[Entry]) -> bytes:
-        """The lines of ``batch`` in this log's format."""
+    def render(self, batch: list[Entry], fmt: str | None = None) -> bytes:
+        """The lines of ``batch`` in ``fmt`` (default: this log's format)."""
         offset = time.time() - time.monotonic()  # arrival times are monotonic
-        line = _json_line if self.format == "json" else _combined_line
-        return "".join([line(e, offset) for e in batch]).encode("utf-8", "surrogateescape")
+        stamps = _Stamps(offset, fmt or self.format)
+        line = _json_line if (fmt or self.format) == "json" else _combined_line
+        return "".join([line(e, stamps) for e in batch]).encode("utf-8", "surrogateescape")
+
+
+class _Stamps:
+    """Wall-clock stamps of arrival times, formatted once per second (a batch spans few)."""
+
+    __slots__ = ("_cache", "_combined", "offset")
+
+    def __init__(self, offset: float, fmt: str) -> None:
+        self.offset = offset
+        self._combined = fmt == "combined"
+        self._cache: dict[int, str] = {}
+
+    def of(self, arrival: float) -> tuple[str, int]:
+        """(the stamp of the second, the milliseconds within it)."""
+        wall = arrival + self.offset
+        second = int(wall)
+        text = self._cache.get(second)
+        if text is None:
+            when = datetime.fromtimestamp(second, UTC)
+            text = self._cache[second] = when.strftime(
+                "%d/%b/%Y:%H:%M:%S +0000" if self._combined else "%Y-%m-%dT%H:%M:%S")
+        return text, int((wall - second) * 1000)
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -70,34 +93,37 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-def _json_line(e: Entry, offset: float) -> str:
+_q = json.JSONEncoder(ensure_ascii=True).encode  # one JSON string or null, in C
+
+
+def _json_line(e: Entry, stamps: _Stamps) -> str:
     arrival, method, target, version, status, variant, dur_us, sent, upstream, client, \
         headers, error = e
-    stamp = datetime.fromtimestamp(arrival + offset, UTC)
-    return json.dumps({
-        "time": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
-        "method": method.decode("latin-1"), "path": target.decode("latin-1"),
-        "protocol": f"HTTP/{version}", "status": status, "variant": variant,
-        "duration_ms": round(dur_us / 1000, 3), "bytes_sent": sent, "upstream": upstream,
-        "client": client, "user_agent": _header(headers, b"user-agent"),
-        "referer": _header(headers, b"referer"), "error": error,
-    }, separators=(",", ":")) + "\n"
+    second, ms = stamps.of(arrival)
+    # Field by field rather than json.dumps of a dict: a third of the time per line.
+    return (f'{{"time":"{second}.{ms:03d}Z","method":{_q(method.decode("latin-1"))},'
+            f'"path":{_q(target.decode("latin-1"))},"protocol":"HTTP/{version}",'
+            f'"status":{status},"variant":{_q(variant)},"duration_ms":{dur_us / 1000:.3f},'
+            f'"bytes_sent":{sent},"upstream":{_q(upstream)},"client":{_q(client)},'
+            f'"user_agent":{_q(_header(headers, b"user-agent"))},'
+            f'"referer":{_q(_header(headers, b"referer"))},"error":{_q(error)}}}\n')
 
 
 def _escape(value: str | None) -> str:
-    """As nginx escapes a variable in a log line: quote, backslash and controls as \\xHH."""
+    """As nginx escapes a variable in a log line: quote, backslash, controls and every byte
+    above ASCII as \\xHH (values are bytes decoded as latin-1: one char per byte)."""
     if value is None or value == "":
         return "-"
-    if value.isprintable() and '"' not in value and "\\" not in value:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return value
-    return "".join(c if c.isprintable() and c not in '"\\' and ord(c) < 127
-                   else f"\\x{ord(c):02X}" for c in value)
+    return "".join(c if " " <= c < "\x7f" and c not in '"\\' else f"\\x{ord(c):02X}"
+                   for c in value)
 
 
-def _combined_line(e: Entry, offset: float) -> str:
+def _combined_line(e: Entry, stamps: _Stamps) -> str:
     arrival, method, target, version, status, _variant, _dur, sent, _up, client, \
         headers, _error = e
-    stamp = datetime.fromtimestamp(arrival + offset, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    stamp, _ = stamps.of(arrival)
     request = _escape(f"{method.decode('latin-1')} {target.decode('latin-1')} HTTP/{version}")
     return (f'{client or "-"} - - [{stamp}] "{request}" {status} {sent} '
             f'"{_escape(_header(headers, b"referer"))}" '

@@ -3,7 +3,9 @@
 Part of a runtime snapshot: built whole from a config and swapped whole on
 reload. Built from the previous ``Pools``, an endpoint that stays keeps its
 counters, health and idle connections; one that goes has its idle connections
-closed (``retire``).
+closed (``retire``). An https endpoint keeps its counters and health but not its
+connections: the reload's TLS settings (a new CA, verification turned on) apply to
+every connection from then on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger("veer")
 class Pools:
     """The balancers of original and new, their idle connections and connect settings."""
 
-    __slots__ = ("balancers", "connect_retries", "connect_timeout", "failover", "idle",
+    __slots__ = ("_stale", "balancers", "connect_retries", "connect_timeout", "failover", "idle",
                  "keepalive", "max_idle", "tls")
 
     def __init__(self, config: Config, previous: Pools | None = None) -> None:
@@ -35,6 +37,7 @@ class Pools:
         self.max_idle = config.limits.max_idle_per_endpoint
         self.keepalive = config.timeouts.upstream_keepalive
         self.idle: dict[Endpoint, IdlePool[UpstreamConnection]] = {}
+        self._stale: list[IdlePool[UpstreamConnection]] = []  # retired when these go live
         self.balancers: dict[Variant, Balancer] = {}
         # Each pool's context for its https:// endpoints (raises TlsError for a bad file).
         self.tls: dict[Variant, ssl.SSLContext | None] = {}
@@ -48,6 +51,11 @@ class Pools:
             endpoints = [keep.pop(a) if a in keep else Endpoint(a) for a in pool.endpoints]
             for ep in endpoints:
                 kept = previous.idle.get(ep) if previous is not None else None
+                if kept is not None and ep.address.scheme == "https":
+                    # Made under the previous TLS settings (another CA, verify off): a
+                    # reload re-verifies, so none of them is used again.
+                    self._stale.append(kept)
+                    kept = None
                 self.idle[ep] = kept if kept is not None else IdlePool()
             self.balancers[variant] = Balancer(endpoints, pool.balance, config.health)
 
@@ -60,6 +68,8 @@ class Pools:
         for ep, idle in previous.idle.items():
             if ep not in self.idle:
                 idle.close_all(retire=True)  # and any still in use, once they come back
+        for idle in self._stale:  # https endpoints that stay: connected under old settings
+            idle.close_all(retire=True)
 
     def expire_idle(self, now: float) -> None:
         """Close connections idle longer than the upstream keep-alive timeout."""

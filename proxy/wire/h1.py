@@ -16,8 +16,10 @@ HOP_BY_HOP: Final = frozenset({
 })
 # Framing is recomputed by veer for each side, never copied.
 FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
-# Headers veer sets itself on the request to the upstream.
-FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Headers veer sets itself on the request to the upstream (x-veer-shadow marks a mirrored
+# copy: a client must never make its own request look like one).
+FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                              b"x-veer-shadow"})
 # Request headers never copied upstream, as they are: the parser keeps them out of the
 # forwarded list (reading what it needs from them), so names are lower-cased only once.
 REQUEST_NOT_FORWARDED: Final = HOP_BY_HOP | FRAMING | FORWARDED | {b"expect"}

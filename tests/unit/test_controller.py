@@ -341,8 +341,14 @@ def test_status_mismatches_on_the_shadow_roll_back_before_any_user_is_routed() -
 
 
 def test_max_status_mismatch_outside_a_shadow_phase_is_a_config_error() -> None:
+    from proxy.config.load import from_dict
     from proxy.config.reader import ConfigError
 
+    plan = {"plan": [{"name": "c", "weight": 10, "gates": {"max_status_mismatch": "1%"}},
+                     {"name": "f", "weight": 100}]}
     with pytest.raises(ConfigError, match="shadow phase"):
-        rollout({"plan": [{"name": "c", "weight": 10,
-                           "gates": {"max_status_mismatch": "1%"}}, {"name": "f", "weight": 100}]})
+        rollout({"plan": [{**plan["plan"][0], "mirror": 100}, plan["plan"][1]]})
+    upstreams = {"original": {"endpoints": ["http://127.0.0.1:1"]},
+                 "new": {"endpoints": ["http://127.0.0.1:2"]}}
+    with pytest.raises(ConfigError, match=r"rollout\.plan\[0\]\.gates\.max_status_mismatch"):
+        from_dict({"upstreams": upstreams, "rollout": plan, "mirror": {"percent": 50}})
