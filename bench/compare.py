@@ -174,6 +174,9 @@ ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "nginx-tls", "veer", "veer
 VEER_VARIANTS = {"veer-norec": "recording off", "veer-rollout": "controller ticking",
                  "veer-accesslog": "JSON access log", "veer-tls": "HTTPS listener"}
 TLS_TARGETS = ("nginx-tls", "veer-tls")
+# Without --targets: the original comparison (about 9 minutes); the TLS and access-log
+# variants are asked for by name.
+DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t not in (*TLS_TARGETS, "veer-accesslog"))
 NOISE_PCT = 10  # SUT core busier than the SUT itself by more than this: someone else ran
 SPLIT_PROBES = 400  # requests with random user ids in the pre-flight split check
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -389,6 +392,7 @@ def preflight(target: Target, ca: Path | None = None) -> dict[str, Any]:
     conn: http.client.HTTPConnection
     if target.scheme == "https":
         ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        ctx.set_alpn_protocols(["http/1.1"])
         conn = http.client.HTTPSConnection("127.0.0.1", target.port, timeout=10, context=ctx)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
@@ -466,7 +470,8 @@ def build_targets(names: list[str], tools: dict[str, str], tmp: Path,
         elif name in ("nginx", "nginx-tls"):
             stem = "nginx-proxy" if name == "nginx" else "nginx-tls"
             path = tmp / f"{stem}.conf"
-            ssl_conf = NGINX_SSL.format(cert=pki.cert, key=pki.key) if t.scheme == "https" else ""
+            ssl_conf = (NGINX_SSL.format(cert=pki.cert, key=pki.key)
+                        if pki is not None and t.scheme == "https" else "")
             path.write_text(NGINX_PROXY_CONF.format(
                 tmp=tmp, name=stem, port=port, ssl_flag=" ssl" if ssl_conf else "", ssl=ssl_conf,
                 **backends))
@@ -504,8 +509,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="repetitions, interleaved: every target once per rep (3)")
     ap.add_argument("--connections", default="32,128",
                     help="comma-separated wrk connection counts (32,128)")
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
-                    help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                    help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
+                         f"(default {','.join(DEFAULT_TARGETS)})")
     ap.add_argument("--warmup", type=int, default=1,
                     help="seconds of untimed wrk per target and connection count before rep 1")
     ap.add_argument("--quick", action="store_true", help="--duration 3 --reps 1")
@@ -609,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
                 served = sum(r["requests"] for rs in runs[t.name].values() for r in rs)
                 after["veer-accesslog lines"] = {
                     "lines": len(lines), "bytes": access.stat().st_size if lines else 0,
-                    "wrk requests in timed runs": served, "last line": (
-                        lines[-1].decode(errors="replace") if lines else None)}
+                    "wrk requests in timed runs": served, "a line": (
+                        lines[len(lines) // 2].decode(errors="replace") if lines else None)}
             if t.name == "veer-rollout" and t.admin_port:
                 after["veer-rollout state"] = rollout_state(t.admin_port)
                 after["veer-rollout /status"] = get_json(t.admin_port, "/status")
@@ -671,8 +677,24 @@ def fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def paired(runs: dict[str, dict[int, list[dict[str, Any]]]] | None, name: str, ref: str,
+           conns: int, key: str = "rps") -> float:
+    """Median over reps of name/ref - 1 in percent, each rep against the same rep of ref
+    (they ran back to back, so slow drifts of a shared machine cancel out)."""
+    if runs is None or name not in runs or ref not in runs:
+        return float("nan")
+    ratios = [a[key] / b[key] for a, b in zip(runs[name][conns], runs[ref][conns], strict=True)
+              if key in a and b.get(key)]
+    return 100 * (statistics.median(ratios) - 1) if ratios else float("nan")
+
+
+# The TLS table: each plain target beside its HTTPS twin.
+TLS_PAIRS = (("veer", "veer-tls"), ("nginx", "nginx-tls"))
+
+
 def tables(summary: dict[str, dict[int, dict[str, Any]]], checks: dict[str, dict[str, Any]],
-           connections: list[int]) -> list[str]:
+           connections: list[int],
+           runs: dict[str, dict[int, list[dict[str, Any]]]] | None = None) -> list[str]:
     lines = ["| target | conns | req/s | p50 ms | p99 ms | vs envoy | vs naive | new % "
              "| SUT CPU % | CPU us/req | load core % | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -705,14 +727,53 @@ def tables(summary: dict[str, dict[int, dict[str, Any]]], checks: dict[str, dict
                 # rollout variant against plain veer.
                 if name == "veer-norec":
                     over = -pct(base["rps"], s["rps"])
-                    note = f"recording costs {over:.1f}% of req/s"
+                    by_rep = -paired(runs, "veer", name, conns)
+                    what_costs = "recording"
                 else:
                     over = -d_rps
-                    note = f"controller costs {over:.1f}% of req/s"
+                    by_rep = -paired(runs, name, "veer", conns)
+                    what_costs = {"veer-rollout": "controller", "veer-accesslog": "access log",
+                                  "veer-tls": "TLS"}[name]
+                note = f"{what_costs} costs {over:.1f}% of req/s"
+                if by_rep == by_rep:  # not NaN
+                    note += f" ({by_rep:.1f}% paired by rep)"
                 lines.append(
                     f"| {name} ({what}) | {conns} | {s['rps']:.0f} | {d_rps:+.1f}% "
                     f"| {s['p99_ms']:.2f} | {pct(s['p99_ms'], base['p99_ms']):+.1f}% "
                     f"| {fmt(s.get('cpu_us_per_req'), '.1f')} | {d_cpu:+.1f}% | {note} |")
+    pairs = [(a, b) for a, b in TLS_PAIRS if a in summary and b in summary]
+    if pairs:
+        lines += ["", "| TLS | conns | plain req/s | HTTPS req/s | HTTPS vs plain (paired) "
+                  "| plain p99 ms | HTTPS p99 ms | plain CPU us/req | HTTPS CPU us/req "
+                  "| TLS adds us/req | protocol |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for conns in connections:
+            for plain, tls in pairs:
+                a, b = summary[plain][conns], summary[tls][conns]
+                cpu_a, cpu_b = a.get("cpu_us_per_req"), b.get("cpu_us_per_req")
+                adds = f"{cpu_b - cpu_a:+.1f}" if cpu_a is not None and cpu_b is not None \
+                    else "-"
+                proto = f"{checks[tls].get('tls')} {checks[tls].get('cipher')}"
+                lines.append(
+                    f"| {plain} vs {tls} | {conns} | {a['rps']:.0f} | {b['rps']:.0f} "
+                    f"| {pct(b['rps'], a['rps']):+.1f}% ({paired(runs, tls, plain, conns):+.1f}%) "
+                    f"| {a['p99_ms']:.2f} | {b['p99_ms']:.2f} | {fmt(cpu_a, '.1f')} "
+                    f"| {fmt(cpu_b, '.1f')} | {adds} | {proto} |")
+    if any(t in summary for t in TLS_TARGETS):
+        for conns in connections:
+            ratios = []
+            for mine, theirs in (("veer", "nginx"), ("veer-tls", "nginx-tls")):
+                if mine in summary and theirs in summary:
+                    cpu_m = summary[mine][conns].get("cpu_us_per_req")
+                    cpu_t = summary[theirs][conns].get("cpu_us_per_req")
+                    ratios.append(f"{mine}/{theirs} req/s {ratio(summary, mine, theirs, conns)}"
+                                  ", CPU us/req "
+                                  + (f"{cpu_m / cpu_t:.2f}" if cpu_m and cpu_t else "n/a"))
+            if ratios:
+                lines.append(f"\nAt c{conns}: " + "; ".join(ratios))
+        lines.append("\nwrk keeps its connections alive, so each connection pays one TLS "
+                     "handshake, amortised over the whole run: this is the steady-state cost "
+                     "of record encryption, not of handshakes.")
     return lines
 
 
@@ -767,7 +828,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[int, list[dict[str, An
         "duration_s": args.duration, "reps": args.reps, "connections": args.connections,
         "warmup_s": args.warmup, "versions": tool_versions,
     }
-    lines = tables(summary, checks, args.connections)
+    lines = tables(summary, checks, args.connections, runs)
     print("\n".join(lines) + "\n")
     for key in ("date", "cpu", "python", "platform", "command"):
         print(f"- {key}: `{info[key]}`")
@@ -787,21 +848,36 @@ def report(args: argparse.Namespace, runs: dict[str, dict[int, list[dict[str, An
     if noisy:
         print(f"- WARNING: other processes used the SUT core (busy minus SUT CPU > "
               f"{NOISE_PCT}%), those numbers are suspect: " + "; ".join(noisy))
+    if "tls certificate" in after:
+        print(f"- TLS certificate: {after['tls certificate']}; "
+              + "; ".join(f"{n}: {c.get('tls')} {c.get('cipher')} ALPN {c.get('alpn')}"
+                          for n, c in checks.items() if "tls" in c))
+    if "veer-accesslog lines" in after:
+        a = after["veer-accesslog lines"]
+        print(f"- veer-accesslog wrote {a['lines']} lines ({a['bytes']} bytes) for "
+              f"{a['wrk requests in timed runs']} timed requests (plus warm-up and "
+              f"pre-flight); one from the middle: `{a['a line']}`")
     for key, value in after.items():
         if key.endswith("log warnings"):
             print(f"- {key}: {len(value)}" + "".join(f"\n  - `{w}`" for w in value[:5]))
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"compare-{now:%Y-%m-%d-%H%M%S}"
-    png = stem.with_suffix(".png")
-    chart(summary, args.connections, png,
-          f"wrk -t1, {args.duration} s x {args.reps}, 90/10 split, SUT on 1 core "
-          f"({info['cpu']}), {now:%Y-%m-%d}")
+    png: Path | None = stem.with_suffix(".png")
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        png = None
+    if png is not None:
+        chart(summary, args.connections, png,
+              f"wrk -t1, {args.duration} s x {args.reps}, 90/10 split, SUT on 1 core "
+              f"({info['cpu']}), {now:%Y-%m-%d}")
     stem.with_suffix(".json").write_text(json.dumps(
         {**info, "commands": commands, "preflight": checks, "median": summary, "runs": runs,
          "after": after, "configs": configs, "table": lines}, indent=2) + "\n")
-    print(f"- results: `{stem.with_suffix('.json').relative_to(REPO)}`, "
-          f"`{png.relative_to(REPO)}`")
+    print(f"- results: `{stem.with_suffix('.json').relative_to(REPO)}`"
+          + (f", `{png.relative_to(REPO)}`" if png is not None
+             else " (no chart: matplotlib is not installed, see bench/setup.sh)"))
 
 
 def versions(tools: dict[str, str]) -> dict[str, str]:

@@ -62,7 +62,10 @@ class ActiveHealthChecker:
                 continue
             loop = asyncio.get_running_loop()
             began = loop.time()
-            await self.round(cfg)
+            try:
+                await self.round(cfg)
+            except Exception:  # a bug here must not end the checks for good
+                log.exception("active health check round failed; probing again next interval")
             await asyncio.sleep(max(0.0, cfg.interval - (loop.time() - began)))
 
     async def round(self, cfg: ActiveHealth) -> None:
@@ -71,9 +74,13 @@ class ActiveHealthChecker:
         targets = pools.endpoints()
         results = await asyncio.gather(*(
             probe(ep, cfg, pools.tls[v] if ep.address.scheme == "https" else None)
-            for v, ep in targets))
+            for v, ep in targets), return_exceptions=True)
         self.rounds += 1
-        for (variant, ep), (passed, seen) in zip(targets, results, strict=True):
+        for (variant, ep), result in zip(targets, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            passed, seen = (False, f"probe error: {result!r}") if isinstance(
+                result, BaseException) else result
             change = judge(ep, passed, seen, cfg)
             if change is not None:
                 self._changed(variant, ep, change, seen)
