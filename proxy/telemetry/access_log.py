@@ -93,7 +93,12 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-_q = json.JSONEncoder(ensure_ascii=True).encode  # one JSON string or null, in C
+_escape_json = json.encoder.encode_basestring_ascii
+
+
+def _q(value: str | None) -> str:
+    """A JSON string (escaped in C), or null."""
+    return "null" if value is None else str(_escape_json(value))
 
 
 def _json_line(e: Entry, stamps: _Stamps) -> str:
