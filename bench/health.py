@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+# bench/ is not a package; run as a script, bench/ is sys.path[0] (as compare.py does).
+from baseline import free_port, tail
+
 REPO = Path(__file__).resolve().parent.parent
 
 # name: (interval s, timeout s, healthy, unhealthy). "default" is veer's defaults
@@ -67,20 +70,6 @@ GAUGE = re.compile(r"^veer_endpoint_healthy\{([^}]*)\}\s+(\S+)", re.M)
 def die(msg: str) -> NoReturn:
     print(f"health: {msg}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def listening(port: int) -> bool:
