@@ -47,6 +47,10 @@ def _startable(path: str) -> Config:
         print(f"veer: config error: {path}: {problem}", file=sys.stderr)
     if problems:
         raise SystemExit(2)
+    for variant, pool in (("original", cfg.original), ("new", cfg.new)):
+        if pool.secure and not pool.tls.verify:
+            print(f"veer: warning: {path}: upstreams.{variant}.tls.verify is false: the "
+                  "https endpoints are not verified", file=sys.stderr)
     return cfg
 
 

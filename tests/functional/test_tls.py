@@ -289,6 +289,15 @@ async def test_active_health_checks_probe_https_endpoints_verified(
     assert ep.probe.startswith("TLS")
 
 
+def test_check_warns_when_verification_is_off(tmp_path: Path) -> None:
+    path = tmp_path / "lax.yaml"
+    path.write_text("upstreams:\n  original: {endpoints: [http://127.0.0.1:1]}\n"
+                    "  new: {endpoints: [https://127.0.0.1:2], tls: {verify: false}}\n")
+    r = subprocess.run([*VEER, "check", "--config", str(path)], capture_output=True, timeout=30)
+    assert r.returncode == 0
+    assert "upstreams.new.tls.verify is false" in r.stderr.decode()
+
+
 def test_tls_config_errors_name_the_key() -> None:
     base: dict[str, Any] = {"upstreams": {"original": {"endpoints": ["http://127.0.0.1:1"]},
                                           "new": {"endpoints": ["https://127.0.0.1:2"]}}}
