@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 # bench/ is not a package; run as a script, bench/ is sys.path[0] (as compare.py does).
-from baseline import free_port, tail
+from baseline import free_port, stop, tail
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,18 +76,6 @@ def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after 5 s: only this process, by its PID."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 @dataclass
