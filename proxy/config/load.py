@@ -14,14 +14,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.config.data_plane import read_access_log, read_active_health, read_mirror
 from proxy.config.experiment import read_experiment
 from proxy.config.model import (
-    ACCESS_LOG_FORMATS,
     ANONYMOUS_MODES,
     BALANCE_POLICIES,
     KEY_SOURCES,
-    AccessLog,
-    ActiveHealth,
     Address,
     Admin,
     Cluster,
@@ -30,7 +28,6 @@ from proxy.config.model import (
     Health,
     KeySource,
     Limits,
-    Mirror,
     Pool,
     Recording,
     Routing,
@@ -54,7 +51,7 @@ from proxy.config.reader import (
     text,
 )
 from proxy.config.tls import UpstreamTls, read_listener_tls, read_upstream_tls
-from proxy.config.units import parse_duration, parse_percent_bp, parse_size
+from proxy.config.units import parse_duration, parse_percent_bp
 
 
 def parse_listen(value: Any) -> Address:
@@ -198,7 +195,7 @@ def from_dict(data: object, source: str = "<config>") -> Config:
         "min_body_rate": SIZE,
     })
     h = r.section("health")
-    active = _read_active_health(h.section("active")) if h.has("active") else None
+    active = read_active_health(h.section("active")) if h.has("active") else None
     health = read_flat(h, Health(active=active), {
         "consecutive_failures": positive(1_000_000), "ejection_time": DUR,
         "max_ejected_percent": (int_range(0, 100), "an integer 0..100"),
@@ -215,9 +212,9 @@ def from_dict(data: object, source: str = "<config>") -> Config:
     workers = r.field(Config, "workers", _workers, "a whole number 1..256, or auto")
     cluster = _read_cluster(r.section("cluster")) if r.has("cluster") else None
     experiment = read_experiment(r.section("experiment")) if r.has("experiment") else None
-    access_log = _read_access_log(r.section("access_log")) if r.has("access_log") else None
+    access_log = read_access_log(r.section("access_log")) if r.has("access_log") else None
     tls = read_listener_tls(r.section("tls")) if r.has("tls") else None
-    mirror = _read_mirror(r.section("mirror"))
+    mirror = read_mirror(r.section("mirror"))
     if rollout is not None:  # a phase that says nothing mirrors as the config does
         rollout = dataclasses.replace(rollout, phases=tuple(
             p if p.mirror_bp is not None else dataclasses.replace(p, mirror_bp=mirror.percent_bp)
@@ -285,92 +282,6 @@ def _read_cluster(r: Reader) -> Cluster:
     )
     r.done()
     return cluster
-
-
-def _read_active_health(r: Reader) -> ActiveHealth:
-    """``health.active``: probes of every endpoint, with or without traffic."""
-    seconds = "a duration 10ms..1h, e.g. 2s"
-    a = ActiveHealth(
-        path=r.field(ActiveHealth, "path", _probe_path, "a path starting with /, e.g. /healthz"),
-        interval=r.field(ActiveHealth, "interval", _probe_duration, seconds),
-        timeout=r.field(ActiveHealth, "timeout", _probe_duration, seconds),
-        healthy=r.field(ActiveHealth, "healthy", int_range(1, 100), "an integer 1..100"),
-        unhealthy=r.field(ActiveHealth, "unhealthy", int_range(1, 100), "an integer 1..100"),
-        expect=r.field(ActiveHealth, "expect", _status_range,
-                       'a status or range of statuses, e.g. 200 or "200-399"'),
-        host=r.field(ActiveHealth, "host", _host_header, "a host name, e.g. app.internal"),
-    )
-    r.done()
-    if a.timeout > a.interval:
-        raise r.fail("timeout", a.timeout, f"at most the interval ({a.interval:g}s)")
-    return a
-
-
-def _probe_path(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or not all(
-            33 <= ord(c) < 127 for c in value):
-        raise ValueError
-    return value
-
-
-def _probe_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if not 0.01 <= seconds <= 3600:
-        raise ValueError
-    return seconds
-
-
-def _status_range(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        lo = hi = value
-    elif isinstance(value, str) and value.count("-") == 1:
-        a, b = value.split("-")
-        lo, hi = int(a), int(b)
-    else:
-        raise ValueError
-    if not 100 <= lo <= hi <= 599:
-        raise ValueError
-    return lo, hi
-
-
-def _host_header(value: Any) -> str:
-    if not isinstance(value, str) or not value or not all(
-            c.isalnum() or c in "-._:[]" for c in value):
-        raise ValueError
-    return value
-
-
-def _read_mirror(r: Reader) -> Mirror:
-    """``mirror:``: off unless a percent is given (here or in a phase)."""
-    m = Mirror(
-        percent_bp=r.get("percent", default(Mirror, "percent_bp"), parse_percent_bp,
-                         "a percent 0..100, e.g. 100 or 2.5"),
-        methods=r.field(Mirror, "methods", _methods, "a list of methods, e.g. [GET, HEAD]"),
-        max_body=r.field(Mirror, "max_body", parse_size, SIZE[1]),
-        queue=r.field(Mirror, "queue", int_range(1, 100_000), "an integer 1..100000"),
-        timeout=r.field(Mirror, "timeout", _probe_duration, "a duration 10ms..1h, e.g. 5s"),
-    )
-    r.done()
-    return m
-
-
-def _methods(value: Any) -> frozenset[str]:
-    methods = names(value)
-    if not methods or any(not m.isascii() or not m.isalpha() or not m.isupper()
-                          for m in methods):
-        raise ValueError
-    return methods
-
-
-def _read_access_log(r: Reader) -> AccessLog:
-    """The ``access_log:`` section."""
-    log = AccessLog(
-        path=r.require("path", text, 'a file path, or "-" for standard output'),
-        format=r.field(AccessLog, "format", choice(ACCESS_LOG_FORMATS),
-                       " or ".join(ACCESS_LOG_FORMATS)),
-    )
-    r.done()
-    return log
 
 
 def _lease(seconds: float) -> float:
