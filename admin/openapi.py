@@ -24,7 +24,20 @@ ROLLOUT = {"type": "object", "nullable": True,
                           "phase": {"type": "object"}, "verdict": {"type": "string"},
                           "gates": {"type": "array", "items": {"type": "object"}},
                           "phases": {"type": "array", "items": {"type": "object"}},
-                          "deny_users": {"type": "array", "items": {"type": "string"}}}}
+                          "deny_users": {"type": "array", "items": {"type": "string"}},
+                          "weight": {"type": "number", "description": "percent on new now"},
+                          "stopped": {
+                              "type": "object", "nullable": True,
+                              "description": "what a rollback or abort stopped (null while "
+                                             "the plan runs); the phase clock stops then",
+                              "properties": {"kind": {"type": "string"},
+                                             "phase": {"type": "integer"},
+                                             "phase_name": {"type": "string"},
+                                             "weight": {"type": "number"},
+                                             "time": {"type": "number"},
+                                             "elapsed_s": {"type": "number"},
+                                             "reason": {"type": "string"},
+                                             "actor": {"type": "string"}}}}}
 ENDPOINTS = {"type": "array", "items": {
     "type": "object", "required": ["variant", "endpoint", "healthy"],
     "properties": {"variant": {"type": "string"}, "endpoint": {"type": "string"},
@@ -136,6 +149,9 @@ SPEC: dict[str, Any] = {
                            "users": {"type": "array", "items": {"type": "string"}}}})},
         **{f"/rollout/{action}": {"post": _mutation(f"Rollout action: {action}", REASON)}
            for action in ("advance", "approve", "promote", "pause", "resume", "abort")},
+        "/rollout/retry": {"post": _mutation(
+            "After a rollback or abort: the plan again from phase 0 at its weight, status "
+            "progressing (409 from any other status)", REASON)},
         "/reload": {"post": {
             "summary": "Re-read the config file (a bad one is refused, the old config kept)",
             "security": [{"bearer": []}],

@@ -45,13 +45,17 @@ STARTED = web.AppKey("started", float)
 CACHE = web.AppKey("cache", dict)  # name -> (monotonic time, rendered JSON)
 CACHE_TTL = 0.25  # one controller tick
 UI = Path(__file__).with_name("ui") / "index.html"
-ACTIONS = ("advance", "approve", "promote", "pause", "resume", "abort")
+ACTIONS = ("advance", "approve", "promote", "pause", "resume", "abort", "retry")
+WITH_REASON = ("pause", "abort", "retry")  # actions whose reason is recorded as given
 
 
-def _runner(request: web.Request) -> Any:
+def _runner(request: web.Request, action: str) -> Any:
     rt = request.app[RUNTIME]
     if rt.rollout is None:
-        raise ApiError(409, "conflict", "no rollout is configured")
+        held = (f"; experiment {rt.experiment.exp.name!r} holds the split"
+                if rt.experiment is not None else "")
+        raise ApiError(409, "conflict", f"{action} needs a rollout, and none is configured "
+                       f"(the config has no rollout: section{held})")
     return rt.rollout
 
 
@@ -184,7 +188,8 @@ async def put_weights(request: web.Request) -> web.Response:
 
 
 async def post_action(request: web.Request) -> web.Response:
-    """advance, approve, promote, pause, resume, abort."""
+    """advance, approve, promote, pause, resume, abort, retry (after a rollback or abort:
+    the plan again from phase 0)."""
     action = request.match_info["action"]
     if action not in ACTIONS:
         raise ApiError(404, "not found", f"unknown action {action!r}")
@@ -192,8 +197,8 @@ async def post_action(request: web.Request) -> web.Response:
     body = await read_body(request)
     only(body, ("reason",))
     reason = field(body, "reason", (str,))
-    runner = _runner(request)
-    kwargs = {"reason": reason[:500]} if reason and action in ("pause", "abort") else {}
+    runner = _runner(request, action)
+    kwargs = {"reason": reason[:500]} if reason and action in WITH_REASON else {}
     return _events_out(await runner.act(action, actor, **kwargs), request)
 
 
@@ -227,7 +232,7 @@ async def post_rollback(request: web.Request) -> web.Response:
                                                        for u in users):
             raise ApiError(422, "invalid body", "users is a non-empty list of user ids")
         kwargs["users"] = users
-    return _events_out(await _runner(request).act("rollback", actor, **kwargs), request)
+    return _events_out(await _runner(request, "rollback").act("rollback", actor, **kwargs), request)
 
 
 async def post_reload(request: web.Request) -> web.Response:

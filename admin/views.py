@@ -104,13 +104,20 @@ def rollout(rt: Runtime) -> dict[str, Any] | None:
     c = rt.rollout.controller
     st = c.state
     phase = c.phase
+    # Stopped by a rollback or abort: the phase's clock stopped then, and what stopped it
+    # is shown, not a phase that looks as if it were still running.
+    stopped = dict(st.stopped) if st.stopped else None
+    elapsed = (float(stopped["elapsed_s"]) if stopped is not None
+               else max(0.0, time.time() - st.phase_started))
     return {
         "name": c.rollout.name, "status": str(st.status),
         "phase": {"index": st.phase, "name": phase.name, "weight": phase.weight_bp / 100,
-                  "duration_s": phase.duration, "elapsed_s": max(0.0, time.time() -
-                                                                 st.phase_started),
+                  "duration_s": phase.duration, "elapsed_s": elapsed,
+                  "clock": "stopped" if stopped is not None else "running",
                   "approval_required": phase.approval, "approved": st.approved,
                   "on_breach": phase.on_breach},
+        "stopped": stopped,
+        "weight": st.weight_bp / 100,
         "gates": [f.to_dict() for f in c.findings],
         "verdict": str(analysis.overall(c.findings)) if c.findings else "inconclusive",
         "phases": [{"name": p.name, "weight": p.weight_bp / 100, "duration_s": p.duration}

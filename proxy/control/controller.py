@@ -30,6 +30,8 @@ from proxy.routing.variant import NEW, ORIGINAL, PAIRED, SHADOW, Series
 from proxy.telemetry.source import TelemetrySource, Totals
 
 ACTIVE = (Status.PROGRESSING, Status.PAUSED)
+STOPPED = (Status.ROLLED_BACK, Status.ABORTED, Status.ROLLING_BACK)  # new on its way to 0
+RETRYABLE = (Status.ROLLED_BACK, Status.ABORTED)
 SHIFT_EVERY = 1.0  # seconds between Mann-Whitney evaluations (they merge histograms)
 
 
@@ -77,7 +79,7 @@ class Controller:
     def mirror_bp(self) -> int:
         """The share of original's requests copied to new now: the phase's while the plan
         runs, none once it is rolled back or aborted."""
-        if self.state.status in (Status.ROLLED_BACK, Status.ABORTED, Status.ROLLING_BACK):
+        if self.state.status in STOPPED:
             return 0
         return self.phase.mirror_bp or 0
 
@@ -94,7 +96,7 @@ class Controller:
 
     def allowed(self) -> tuple[frozenset[str], frozenset[str]]:
         """Users and groups the current phase puts on new (testers, rings), if active."""
-        if self.state.status in (Status.ROLLED_BACK, Status.ABORTED, Status.ROLLING_BACK):
+        if self.state.status in STOPPED:
             return frozenset(), frozenset()
         return self.phase.allow_users, self.phase.allow_groups
 
@@ -294,6 +296,26 @@ class Controller:
         self._transition(now, Status.ROLLED_BACK, "rollback", reason, actor, weight=0)
         return self._drain()
 
+    def retry(self, now: float, actor: str, reason: str = "retried by hand") -> list[Event]:
+        """After a rollback or an abort, start the plan again at its first phase (Argo
+        Rollouts' retry): its weight, a fresh phase clock, no approval, no denied users."""
+        self._require(RETRYABLE, "retry")
+        st = self.state
+        before = f"{st.status}@{st.weight_bp / 100:g}%"
+        evidence = {"stopped": dict(st.stopped)} if st.stopped else {}
+        st.status = Status.PROGRESSING
+        st.phase = 0
+        st.weight_bp = self.phase.weight_bp
+        st.approved = False
+        st.deny_users = []
+        st.rollback_weights = []
+        st.paused_status = ""
+        st.stopped = {}
+        self._start_phase(now, fresh=True)
+        self._emit(now, "retry", before, f"{st.status}@{st.weight_bp / 100:g}%", reason, actor,
+                   evidence)
+        return self._drain()
+
     def set_weight(self, now: float, actor: str, weight_bp: int) -> list[Event]:
         """A manual weight; it pauses the plan so the controller does not undo it."""
         if not 0 <= weight_bp <= 10000:
@@ -338,6 +360,11 @@ class Controller:
                     weight: int, evidence: dict[str, Any] | None = None) -> None:
         st = self.state
         before = f"{st.status}@{st.weight_bp / 100:g}%"
+        if status in STOPPED and st.status not in STOPPED:  # a gradual end keeps its start
+            st.stopped = {"kind": kind, "phase": st.phase, "phase_name": self.phase.name,
+                          "weight": st.weight_bp / 100, "time": now,
+                          "elapsed_s": max(0.0, now - st.phase_started), "reason": reason,
+                          "actor": actor}
         st.status = status
         st.weight_bp = weight
         self._emit(now, kind, before, f"{status}@{weight / 100:g}%", reason, actor,

@@ -59,6 +59,9 @@ class RolloutState:
     rollback_next: float = 0.0
     rollback_interval: float = 0.0
     paused_status: str = ""  # what resume returns to
+    # What a rollback or abort stopped: kind, phase, phase_name, weight (percent), time,
+    # elapsed_s (in that phase), reason, actor. Empty while the plan runs; retry clears it.
+    stopped: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +71,7 @@ class RolloutState:
         for k in self.__dataclass_fields__:
             if k != "events":
                 v = getattr(self, k)
-                d[k] = list(v) if isinstance(v, list) else v
+                d[k] = list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
         d["status"] = str(self.status)
         d["events"] = [e.to_dict() for e in self.events]
         return {"format": FORMAT, **d}
@@ -86,6 +89,7 @@ class RolloutState:
             rollback_next=float(d["rollback_next"]),
             rollback_interval=float(d["rollback_interval"]),
             paused_status=str(d["paused_status"]),
+            stopped=dict(d.get("stopped") or {}),  # absent in files written before retry
             events=[Event.from_dict(e) for e in d["events"]],
         )
         if not 0 <= state.weight_bp <= 10000 or state.phase < 0:

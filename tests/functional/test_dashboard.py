@@ -124,13 +124,31 @@ async def test_dashboard_shows_live_rollout_and_rolls_back(
                 await expect(first_event).to_contain_text("rollback", timeout=5000)
                 await expect(first_event).to_contain_text("dashboard")
                 await expect(page.locator("#btn-rollback")).to_be_disabled()
+                # What was rolled back, from where, and the phase clock stopped.
+                note = page.locator("#stopped-note")
+                await expect(note).to_be_visible(timeout=5000)
+                await expect(note).to_contain_text("Rolled back from phase canary (1/2) at "
+                                                   "50.0% on new")
+                await expect(note).to_contain_text("by admin: dashboard")
+                await expect(page.locator("#elapsed")).to_contain_text("(stopped)")
                 await page.screenshot(path=str(ARTIFACTS / "dashboard-rolled-back.png"),
                                       full_page=True, animations="disabled")
+
+                await expect(page.locator("#btn-retry")).to_be_enabled()
+                await page.click("#btn-retry")
+                await until(lambda: status(server) is Status.PROGRESSING, 10,
+                            what="the retry click to restart the plan")
+                assert "first phase" in dialogs[-1][1]
+                await expect(page.locator("#status")).to_have_text("progressing", timeout=5000)
+                await expect(note).to_be_hidden()
+                await expect(page.locator("#btn-retry")).to_be_disabled()
+                await expect(page.locator("#weight-new")).to_have_text("50.0%", timeout=5000)
             finally:
                 await browser.close()
     finally:
         await admin.stop()
     assert server.rollout is not None
-    event = server.rollout.controller.state.events[-1]
-    assert (event.kind, event.actor, event.reason) == ("rollback", "admin", "dashboard")
+    rollback, retry = server.rollout.controller.state.events[-2:]
+    assert (rollback.kind, rollback.actor, rollback.reason) == ("rollback", "admin", "dashboard")
+    assert (retry.kind, retry.actor) == ("retry", "admin")
     assert problems == []
