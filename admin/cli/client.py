@@ -158,8 +158,12 @@ class AdminClient:
         return self.request("PUT", "/weights", body)
 
     def action(self, action: str, reason: str | None = None) -> JSON:
-        """POST /rollout/<action>: advance, approve, promote, pause, resume or abort."""
+        """POST /rollout/<action>: advance, approve, promote, pause, resume, abort or retry."""
         return self.request("POST", f"/rollout/{action}", {"reason": reason} if reason else {})
+
+    def reload(self) -> JSON:
+        """POST /reload: re-read the config file (refused whole if it is invalid)."""
+        return self.request("POST", "/reload", {})
 
     def rollback(self, reason: str | None = None, mode: str = "immediate",
                  stages: Sequence[float] | None = None, interval: float | None = None,

@@ -148,6 +148,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _emit(args, answer, render.render_mutation)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Re-read the running veer's config file."""
+    return _emit(args, make_client(args).reload(), render.render_reload)
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     """Events newest first, optionally filtered."""
     return _emit(args, make_client(args).events(args.kind, args.filter_actor, args.limit),

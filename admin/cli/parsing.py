@@ -7,9 +7,10 @@ Operator commands, each a client of the admin API (``admin.cli.client``)::
     veer status                       rollout, phase, gates, weights, per-variant numbers
     veer weights                      the current weights
     veer weights set --new 12.5       set them by hand (also --original 90 --new 10)
-    veer advance|approve|promote|pause|resume|abort [--reason TEXT]
+    veer advance|approve|promote|pause|resume|abort|retry [--reason TEXT]
     veer rollback [--reason TEXT] [--gradual [--stages 75,50,25,0] [--interval 10s]
                                    | --users u1,u2]
+    veer reload                       re-read the config file (a bad one changes nothing)
     veer events [--kind K] [--actor A] [--limit N]
     veer watch [--interval 1] [--count N]
     veer experiment list              the A/B experiments: split, users, decision
@@ -31,11 +32,16 @@ Exit codes a script can rely on:
 3  the admin API cannot be reached (connection refused, timeout, DNS); stderr names the URL
 4  unauthorized (401: missing or wrong token); stderr says to set VEER_ADMIN_TOKEN
 5  the admin API failed (5xx, or an answer that is not JSON)
+
+A reader that closes early (``veer status | head``) is not an error: the output stops
+and the command exits as it would have.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from admin.cli import client as api
 from admin.cli.commands import (
@@ -44,6 +50,7 @@ from admin.cli.commands import (
     cmd_demo,
     cmd_events,
     cmd_experiment,
+    cmd_reload,
     cmd_rollback,
     cmd_run,
     cmd_status,
@@ -67,6 +74,7 @@ ACTIONS = {
     "pause": "stop advancing (breaches still roll back)",
     "resume": "continue after a pause or an alert",
     "abort": "give the rollout up: everyone back to original",
+    "retry": "after a rollback or abort: start the plan again at its first phase",
 }
 
 # -- argument types -----------------------------------------------------------------
@@ -204,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for action, help_ in ACTIONS.items():
         a = admin_command(action, help_)
-        a.add_argument("--reason", metavar="TEXT", help="why (recorded for pause and abort)")
+        a.add_argument("--reason", metavar="TEXT",
+                       help="why (recorded for pause, abort and retry)")
         a.set_defaults(func=guarded(cmd_action))
 
     rb = admin_command("rollback", "roll back: immediately (default), gradually, or for "
@@ -221,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--interval", type=_positive_seconds, metavar="DURATION",
                     help="with --gradual: time between steps, e.g. 10s")
     rb.set_defaults(func=guarded(cmd_rollback))
+
+    rl = admin_command("reload", "re-read the config file: what changed, or why it was "
+                                 "refused (the running config is kept)")
+    rl.set_defaults(func=guarded(cmd_reload))
 
     ev = admin_command("events", "rollout events, newest first", _admin_options(actor=False))
     ev.add_argument("--kind", metavar="K", help="only this kind (advance, rollback, pause, ...)")
@@ -257,5 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``veer`` script."""
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``veer status | head``): say nothing more, and keep the exit
+        # codes for what veer itself did. stdout goes to /dev/null so the interpreter's
+        # own flush at exit cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = api.OK  # stdout is written only once a call has succeeded
     return code

@@ -70,10 +70,24 @@ def render_status(status: Mapping[str, Any]) -> str:
         elapsed = f"elapsed {duration(float(ph.get('elapsed_s') or 0))}"
         if minimum:
             elapsed += f" of at least {duration(minimum)}"
-        rows = [["rollout", f"{ro.get('name')}  {ro.get('status')}"],
-                ["phase", f"{ph.get('name')} ({int(ph.get('index', 0)) + 1}/{len(phases)}), "
-                          f"weight {percent(ph.get('weight'))}, {elapsed}"],
-                ["weights", render_weights(weights)],
+        where = f"{ph.get('name')} ({int(ph.get('index', 0)) + 1}/{len(phases)})"
+        stopped = ro.get("stopped")
+        rows = [["rollout", f"{ro.get('name')}  {ro.get('status')}"]]
+        if isinstance(stopped, dict):
+            verb = "aborted" if stopped.get("kind") == "abort" else "rolled back"
+            rows += [[verb, f"from phase {stopped.get('phase_name')} "
+                            f"({int(stopped.get('phase', 0)) + 1}/{len(phases)}) at weight "
+                            f"{percent(stopped.get('weight'))} on new, {when(stopped.get('time'))}"
+                            f" by {stopped.get('actor')}"],
+                     ["why", str(stopped.get("reason", ""))],
+                     ["phase", f"{where} stopped after "
+                               f"{duration(float(ph.get('elapsed_s') or 0))}; new now at "
+                               f"{percent(ro.get('weight'))}"]]
+            if ro.get("status") in ("rolled-back", "aborted"):
+                rows.append(["next", "veer retry starts the plan again at phase 1"])
+        else:
+            rows.append(["phase", f"{where}, weight {percent(ph.get('weight'))}, {elapsed}"])
+        rows += [["weights", render_weights(weights)],
                 ["verdict", str(ro.get("verdict", "inconclusive"))]]
         if ph.get("approval_required"):
             rows.append(["approval", "given" if ph.get("approved") else
@@ -180,6 +194,13 @@ def render_mutation(result: Mapping[str, Any]) -> str:
                f"{(ro.get('phase') or {}).get('name')}"
     lines.append(now)
     return "\n".join(lines)
+
+
+def render_reload(result: Mapping[str, Any]) -> str:
+    """``reloaded veer.yaml: routing.salt, upstreams.new`` or ``... nothing changed``."""
+    changed = [str(c) for c in result.get("changed") or []]
+    return (f"reloaded {result.get('config')}: "
+            + (", ".join(changed) if changed else "nothing changed"))
 
 
 # -- experiments ----------------------------------------------------------------------
