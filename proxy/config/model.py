@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from proxy.config.experiment import Experiment
-from proxy.config.plan import Rollout, StateConfig, describe
+from proxy.config.plan import Rollout, StateConfig
 from proxy.config.tls import ListenerTls, UpstreamTls
 
 KEY_SOURCES = ("header", "cookie", "query")
@@ -224,25 +223,5 @@ class Config:
     tls: ListenerTls | None = None  # the listener serves HTTPS
     mirror: Mirror = Mirror()
     # The YAML it was read from: where the config came from, not a setting (not compared,
-    # not shown by to_dict); a supervisor hands it to its workers.
+    # not printed by veer check); a supervisor hands it to its workers.
     text: str = dataclasses.field(default="", compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The effective config as plain data (for ``veer check``)."""
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
-        del plain["text"]
-        for listener in (plain["listen"], plain["admin"]["listen"]):
-            del listener["scheme"]  # an upstream's; a listener's is tls: or not
-        if self.rollout is not None:
-            plain["rollout"]["phases"] = describe(self.rollout)  # the expanded plan
-        return plain
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, frozenset):
-        return sorted(value)
-    return value

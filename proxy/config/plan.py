@@ -301,21 +301,3 @@ def read_state(r: Reader) -> StateConfig:
     )
     r.done()
     return state
-
-
-def describe(rollout: Rollout) -> list[dict[str, Any]]:
-    """The expanded plan as plain data (``veer check`` prints it)."""
-    out = []
-    for p in rollout.phases:
-        g = p.gates
-        out.append({
-            "name": p.name, "weight": p.weight_bp / 100, "duration_s": p.duration,
-            "approval": p.approval, "on_breach": p.on_breach,
-            **({"mirror": p.mirror_bp / 100} if p.mirror_bp is not None else {}),
-            "gates": {k: getattr(g, k) for k in Gates.__dataclass_fields__
-                      if getattr(g, k) is not None and k != "metrics"}
-            | ({"metrics": [dataclasses.asdict(m) for m in g.metrics]} if g.metrics else {}),
-            **({"allow_users": sorted(p.allow_users)} if p.allow_users else {}),
-            **({"allow_groups": sorted(p.allow_groups)} if p.allow_groups else {}),
-        })
-    return out

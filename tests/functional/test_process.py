@@ -75,9 +75,9 @@ def test_check_prints_effective_config(tmp_path: Path) -> None:
                     " anonymous: cookie}\nweights: {new: 10}\n")
     r = subprocess.run([*VEER, "check", "--config", str(path)], capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    effective = json.loads(r.stdout)
-    assert effective["new_weight_bp"] == 1000
-    assert effective["timeouts"]["connect"] == 2.0  # defaults are filled in
+    effective = yaml.safe_load(r.stdout)
+    assert effective["weights"] == {"new": 10}
+    assert effective["timeouts"]["connect"] == "2s"  # defaults are filled in
 
 
 async def test_sigterm_drains_in_flight_request(

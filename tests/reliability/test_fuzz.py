@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import http.client
 import json
 import math
@@ -29,7 +30,9 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from admin.server import AdminServer
-from proxy.config.load import from_dict, load
+from proxy.config.emit import to_config_data
+from proxy.config.load import from_dict, load, parse
+from proxy.config.model import Config
 from proxy.config.reader import ConfigError
 from proxy.control.controller import Controller
 from proxy.runtime.server import ProxyServer
@@ -203,7 +206,7 @@ def _check_config(data: Any, source: str) -> None:
     except ConfigError as exc:
         assert str(exc).startswith(source), str(exc)
     else:
-        cfg.to_dict()  # what `veer check` prints
+        _round_trip(cfg)
 
 
 def _check_file(path: Path) -> None:
@@ -212,7 +215,14 @@ def _check_file(path: Path) -> None:
     except ConfigError as exc:
         assert str(exc).startswith(str(path)), str(exc)
     else:
-        cfg.to_dict()
+        _round_trip(cfg)
+
+
+def _round_trip(cfg: Config) -> None:
+    """What `veer check` prints is a config that reads back to the same one."""
+    text = yaml.safe_dump(to_config_data(cfg), sort_keys=False)
+    back = parse(text, cfg.source)
+    assert dataclasses.replace(back, text="") == dataclasses.replace(cfg, text=""), text
 
 
 FUZZ = settings(max_examples=300, deadline=None)

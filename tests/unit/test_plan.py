@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config import emit
 from proxy.config.plan import (
     Gates,
     Phase,
     Rollout,
     StateConfig,
-    describe,
     read_gates,
     read_rollout,
     read_state,
@@ -69,14 +69,14 @@ def test_seed_plan() -> None:
     assert r.confirm == () and r.notify == ()
 
 
-def test_seed_plan_describe_is_json() -> None:
+def test_seed_plan_is_written_out_in_config_keys() -> None:
     r = _load(yaml.safe_load(SEED)["rollout"])
-    out = describe(r)
+    out = emit.plan(r)
     assert json.loads(json.dumps(out)) == out
     assert out[0] == {
-        "name": "canary", "weight": 1.0, "duration_s": 7200.0, "approval": False,
-        "on_breach": "rollback",
-        "gates": {"max_error_rate": 0.01, "max_p99": 0.2, "min_requests": 500},
+        "name": "canary", "weight": 1, "duration": "2h", "approval": False,
+        "on_breach": "rollback", "allow_users": [], "allow_groups": [],
+        "gates": {"max_error_rate": "1%", "max_p99": "200ms", "min_requests": 500},
     }
     assert out[2]["on_breach"] == "alert"
 
@@ -188,7 +188,7 @@ def test_preset_ring() -> None:
         ("ring-50%", 5000, both),
         ("ring-100%", 10000, both),
     ]
-    out = describe(r)
+    out = emit.plan(r)
     assert json.loads(json.dumps(out)) == out
     assert out[1]["allow_groups"] == ["beta", "internal"]
 
@@ -293,12 +293,14 @@ def test_read_state_errors(data: dict[str, Any], path: str) -> None:
     assert info.value.path == path
 
 
-def test_describe_every_preset_is_json() -> None:
+def test_every_preset_is_written_out_as_its_phases() -> None:
     for data in ({"preset": "canary"}, {"preset": "linear", "step": 25},
                  {"preset": "blue-green", "testers": {"users": ["u"]}},
                  {"preset": "ring", "rings": [["a"], ["b"]]}):
         r = _load(data)
-        out = describe(r)
+        out = emit.plan(r)
         assert json.loads(json.dumps(out)) == out
         assert [d["weight"] for d in out] == [p.weight_bp / 100 for p in r.phases]
+        again = _load({"plan": out})  # the written-out plan is the preset's
+        assert again.phases == r.phases
         assert out[-1]["weight"] == 100
