@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from proxy.config.model import Admin
 from proxy.control.controller import ActionError
 from proxy.control.rollout import StateSaveError
 
@@ -29,22 +26,6 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: str = "") -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
-
-
-def load_token(cfg: Admin) -> str | None:
-    """The admin token: ``VEER_ADMIN_TOKEN``, else ``admin.token_file``; None if neither."""
-    token = os.environ.get("VEER_ADMIN_TOKEN", "").strip()
-    if token:
-        return token
-    if cfg.token_file:
-        try:
-            token = Path(cfg.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise RuntimeError(f"admin.token_file {cfg.token_file}: {exc.strerror}") from None
-        if not token:
-            raise RuntimeError(f"admin.token_file {cfg.token_file} is empty")
-        return token
-    return None
 
 
 @web.middleware

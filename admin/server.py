@@ -8,10 +8,10 @@ import time
 from aiohttp import web
 
 from admin.metrics import build_registry
-from admin.requests import EVENTS_MAX_BODY, TOKEN, errors, load_token
+from admin.requests import EVENTS_MAX_BODY, TOKEN, errors
 from admin.routes import CACHE, REGISTRY, RUNTIME, STARTED, add_routes
 from admin.wire_errors import JsonErrorRunner
-from proxy.config.net import is_loopback
+from proxy.runtime.admin_token import load_token, unguarded
 from proxy.runtime.runtime import Runtime
 
 
@@ -50,9 +50,9 @@ class AdminServer:
 
     async def start(self) -> None:
         listen = self.rt.config.admin.listen
-        if self.token is None and not is_loopback(listen.host):
-            raise RuntimeError(f"admin.listen {listen} is not a loopback address and no admin "
-                               "token is configured (VEER_ADMIN_TOKEN or admin.token_file)")
+        problem = unguarded(self.rt.config.admin, self.token)
+        if problem is not None:
+            raise RuntimeError(problem)
         await self.runner.setup()
         try:
             # aiohttp's default backlog (128) drops the SYNs of a burst of connections

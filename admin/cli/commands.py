@@ -55,10 +55,18 @@ def _startable(path: str) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config and the files it names; print the effective one (defaults filled
-    in)."""
+    """Refuse what ``run`` would refuse, with the same message; print the effective config
+    as YAML in the config's own keys (stdout: ``check > b.yaml`` gives a config that
+    means the same), and on stderr what each gate needs before it can pass."""
+    import yaml
+
+    from proxy.config.emit import to_config_data
+
     cfg = _startable(args.config)
-    print(json.dumps(cfg.to_dict(), indent=2, default=str))
+    print(f"# veer check {args.config}: the effective config, every default filled in")
+    print(yaml.safe_dump(to_config_data(cfg), sort_keys=False, allow_unicode=True), end="")
+    if cfg.rollout is not None:
+        print(render.render_gate_needs(cfg.rollout, args.rate), file=sys.stderr)
     print(f"veer: {args.config}: OK", file=sys.stderr)
     return 0
 

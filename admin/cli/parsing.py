@@ -119,6 +119,16 @@ def _users(text: str) -> list[str]:
     return users
 
 
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests/s") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 requests/s")
+    return value
+
+
 def _limit(text: str) -> int:
     try:
         value = int(text)
@@ -170,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", required=True, help="YAML config file")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", help="validate a config and print the effective config")
+    check = sub.add_parser("check", help="refuse what run would refuse; print the effective "
+                                         "config as YAML and what each gate needs")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
+    check.add_argument("--rate", type=_positive_rate, metavar="R",
+                       help="requests/s on new: also print the earliest each phase can "
+                            "advance at that rate")
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="see veer split traffic, with no other software")
     demo.add_argument("--seconds", type=float, default=45.0, help="how long to run (0 = forever)")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.config.plan import Rollout
 
 
 def table(rows: Sequence[Sequence[str]], right: Sequence[int] = (), indent: str = "") -> str:
@@ -193,6 +196,35 @@ def render_mutation(result: Mapping[str, Any]) -> str:
         now += f"; rollout {ro.get('name')} {ro.get('status')} in phase " \
                f"{(ro.get('phase') or {}).get('name')}"
     lines.append(now)
+    return "\n".join(lines)
+
+
+def render_gate_needs(rollout: Rollout, rate: float | None) -> str:
+    """``veer check``'s account of each phase's gates: the requests on new each needs before
+    it can pass, and with ``rate`` the earliest each phase can advance."""
+    from proxy.control.requirements import phase_needs, plan_timing
+
+    phases = rollout.phases
+    lines = ["gates: the fewest requests each needs before it can pass (exact 95% bounds; "
+             "every failure raises the number)"]
+    for i, p in enumerate(phases):
+        at_least = f", at least {duration(p.duration)}" if p.duration else ""
+        approval = ", then approval" if p.approval else ""
+        lines.append(f"  {p.name} ({i + 1}/{len(phases)}), weight {p.weight_bp / 100:g}%"
+                     f"{at_least}{approval}:")
+        lines += [f"    {need.text}" for need in phase_needs(p)]
+    if rate is None:
+        return "\n".join(lines)
+    rows = [["PHASE", "NEEDS", f"AT {rate:g}/s", "MIN DURATION", "EARLIEST", "FROM START"]]
+    for t in plan_timing(rollout, rate):
+        rows.append([t.phase.name, "-" if t.requests is None else f"{t.requests:,}",
+                     "-" if t.requests is None else duration(t.requests / rate),
+                     duration(t.phase.duration),
+                     "never" if t.earliest is None else duration(t.earliest),
+                     "never" if t.total is None else duration(t.total)])
+    lines += ["", f"at {rate:g} requests/s on new (no failures, no waiting on approvals or "
+                  "hooks), each phase can advance at the earliest:",
+              table(rows, right=range(1, 6), indent="  ")]
     return "\n".join(lines)
 
 
