@@ -146,6 +146,7 @@ class VeerCollector(Collector):
             restarts.add_metric([], rt.workers.restarts)
             yield restarts
 
+        yield from _cluster_series(rt)
         yield from _experiment_series(rt)
         if rt.prometheus is not None:
             polls = CounterMetricFamily("veer_metric_polls", "Prometheus polls of gate metrics.",
@@ -164,6 +165,35 @@ class VeerCollector(Collector):
         info.add_metric([], {"source": cfg.source, "salt": cfg.routing.salt,
                              "listen": str(cfg.listen)})
         yield info
+
+
+def _cluster_series(rt: Runtime) -> Iterator[Metric]:
+    """This replica's view of its cluster: who leads, whether Redis answers, how many
+    replicas it sees (alerts: no leader, two leaders, Redis away)."""
+    if rt.cluster is None:
+        return
+    seen = rt.cluster.describe()
+    name, me = str(seen["name"]), str(seen["self"])
+    leader = GaugeMetricFamily("veer_cluster_leader",
+                               "1 while this replica holds the controller's lease.",
+                               labels=["cluster", "replica"])
+    leader.add_metric([name, me], 1.0 if seen["leader"] == me else 0.0)
+    yield leader
+    reachable = GaugeMetricFamily("veer_cluster_redis_reachable",
+                                  "1 while this replica's last Redis round trip worked.",
+                                  labels=["cluster", "replica"])
+    reachable.add_metric([name, me], 1.0 if seen["redis_reachable"] else 0.0)
+    yield reachable
+    members = GaugeMetricFamily("veer_cluster_members",
+                                "Replicas this one saw alive in Redis (itself included).",
+                                labels=["cluster", "replica"])
+    members.add_metric([name, me], len(seen["members"]))
+    yield members
+    epoch = GaugeMetricFamily("veer_cluster_lease_epoch",
+                              "The newest lease epoch seen (each new leader raises it).",
+                              labels=["cluster", "replica"])
+    epoch.add_metric([name, me], float(seen["epoch"] or 0))
+    yield epoch
 
 
 def _experiment_series(rt: Runtime) -> Iterator[Metric]:

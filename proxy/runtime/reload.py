@@ -25,6 +25,9 @@ from proxy.runtime.runtime import Runtime
 from proxy.wire.tls import TlsError, server_context
 
 FIXED = ("listen", "admin", "rollout", "state", "workers", "cluster", "experiment")
+# The model's names for what the config file calls otherwise (what is reported is the file's).
+CONFIG_KEYS = {"new_weight_bp": "weights", "original": "upstreams.original",
+               "new": "upstreams.new"}
 
 
 class ReloadError(Exception):
@@ -38,7 +41,7 @@ def _changed(old: Config, new: Config) -> list[str]:
 
 def reload(rt: Runtime, path: str | None = None, text: str | None = None) -> list[str]:
     """Re-read the config file (or take ``text``, a supervisor's) and apply it; returns the
-    top-level keys that changed.
+    config file's keys that changed (``weights``, ``upstreams.new``, ``routing``, ...).
 
     Raises ``ConfigError`` (invalid file) or ``ReloadError`` (a key that needs a
     restart); in both cases nothing has changed.
@@ -62,7 +65,7 @@ def reload(rt: Runtime, path: str | None = None, text: str | None = None) -> lis
         raise ReloadError(f"{', '.join(fixed)} changed; these need a restart "
                           "(the running config is unchanged)")
     apply(rt, new, changed)
-    return changed
+    return [CONFIG_KEYS.get(k, k) for k in changed]
 
 
 def reload_recorded(rt: Runtime, actor: str, path: str | None = None,

@@ -214,3 +214,32 @@ async def test_the_dashboard_lists_members_and_the_leader(
                 await browser.close()
     finally:
         await admin.stop()
+
+
+async def test_metrics_show_one_leader_redis_and_the_members(
+        redis_server: RedisServer, backends: dict[str, Backend], start_veer: StartVeer) -> None:
+    """The series the alert rules use: exactly one replica says it leads, each says Redis
+    answers, and each counts both members."""
+    from admin.metrics import build_registry, render
+
+    servers = await _replicas(start_veer, rollout_config(backends, PLAN), redis_server)
+    await until(lambda: _leader(servers) is not None, timeout=10, what="a leader")
+    await until(lambda: all(len(s.rt.cluster.describe()["members"]) == 2  # type: ignore[union-attr]
+                            for s in servers), timeout=10, what="both members listed")
+
+    def series(server: ProxyServer) -> dict[str, float]:
+        text = render(build_registry(server.rt)).decode()
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                if line.startswith("veer_cluster_")}
+
+    seen = [series(s) for s in servers]
+    leaders = [v for s in seen for k, v in s.items() if k.startswith("veer_cluster_leader{")]
+    assert sorted(leaders) == [0.0, 1.0]
+    for member, s in zip(("a", "b"), seen, strict=True):
+        assert s[f'veer_cluster_redis_reachable{{cluster="shop",replica="{member}"}}'] == 1.0
+        assert s[f'veer_cluster_members{{cluster="shop",replica="{member}"}}'] == 2.0
+        assert s[f'veer_cluster_lease_epoch{{cluster="shop",replica="{member}"}}'] >= 1.0
+    redis_server.stop()
+    await until(lambda: series(servers[0])['veer_cluster_redis_reachable{cluster="shop",'
+                                           'replica="a"}'] == 0.0,
+                timeout=15, what="replica a to report Redis unreachable")
