@@ -16,11 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from admin.demo.backend import Backend
 from admin.server import AdminServer
 from proxy.runtime.server import ProxyServer
+from tests.deadline import until
 from tests.functional.conftest import StartVeer, base_config
+from tests.functional.metric_backend import MetricBackend, start_experiment
+from tests.redis_server import RedisServer
 from tests.sysdeps import require_binary
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "admin" / "observability"
 StartAdmin = Callable[[ProxyServer], Awaitable[AdminServer]]
+EXPERIMENT = {"name": "ranking-v2", "split": 50, "metrics": [
+    {"name": "accuracy", "type": "mean", "source": "header", "goal": "increase"}]}
 
 
 @pytest.fixture
@@ -145,18 +150,71 @@ def test_promtool_accepts_the_alerting_rules() -> None:
     assert b"SUCCESS" in result.stdout
 
 
+def exported_names(text: str) -> set[str]:
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def names_used(path: Path) -> set[str]:
+    """The veer_* series a rules or dashboard file queries (recorded veer:* names aside)."""
+    return set(re.findall(r"\bveer_[a-z_]+\b", path.read_text()))
+
+
+RULES_AND_DASHBOARD = (OBSERVABILITY / "prometheus-rules.yml",
+                       OBSERVABILITY / "grafana-dashboard.json")
+CLUSTER = "veer_cluster_"  # checked against a replica in a real Redis, below
+
+
 async def test_rules_and_dashboard_use_metrics_veer_exports(
-    backends: dict[str, Backend], start_veer: StartVeer, start_admin: StartAdmin
+    backends: dict[str, Backend], start_veer: StartVeer, start_admin: StartAdmin,
+    metric_backends: dict[str, MetricBackend],
 ) -> None:
     server = await start_veer(admin_config(backends))
     admin = await start_admin(server)
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.port}/") as r:
         assert r.status == 200
-    exported = {s.name for f in text_string_to_metric_families(await scrape(admin.port))
-                for s in f.samples}
+    exported = exported_names(await scrape(admin.port))
     exported |= {"veer_rollout_phase_info", "veer_rollbacks_total"}  # the controller's, later
-    for path in (OBSERVABILITY / "prometheus-rules.yml", OBSERVABILITY / "grafana-dashboard.json"):
-        used = set(re.findall(r"\bveer_[a-z_]+\b", path.read_text()))
-        used = {u for u in used if not u.startswith("veer:")}
+    # An experiment's series, from a veer running one, with users on both sides so each
+    # series has a value (lift and p-value need both).
+    exp_server, exp_admin = await start_experiment(metric_backends, start_veer, EXPERIMENT, "t0ken")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for i in range(60):
+                async with s.get(f"http://127.0.0.1:{exp_server.port}/x",
+                                 headers={"X-User-Id": f"u{i % 30}"}) as r:
+                    assert r.status == 200
+        exported |= exported_names(await scrape(exp_admin.port))
+    finally:
+        await exp_admin.stop()
+    for path in RULES_AND_DASHBOARD:
+        used = {u for u in names_used(path) if not u.startswith(CLUSTER)}
+        assert used, path
+        assert used <= exported, (path.name, used - exported)
+
+
+async def test_the_cluster_series_of_the_rules_and_dashboard_are_exported(
+    redis_server: RedisServer, backends: dict[str, Backend], start_veer: StartVeer,
+    start_admin: StartAdmin,
+) -> None:
+    cfg = admin_config(backends, rollout={"name": "r", "tick": "100ms", "plan": [
+        {"name": "canary", "weight": 10, "duration": "1h"}, {"name": "full", "weight": 100}]},
+        cluster={"redis": redis_server.url, "name": "shop", "id": "a", "lease": "1s"})
+    cfg.pop("weights")
+    server = await start_veer(cfg)
+    admin = await start_admin(server)
+    cluster = server.rt.cluster
+    assert cluster is not None
+    await until(lambda: cluster.describe()["leader"] == "a" and
+                len(cluster.describe()["members"]) == 1, timeout=10,
+                what="the replica leading and listed")
+    text = await scrape(admin.port)
+    me = (("cluster", "shop"), ("replica", "a"))
+    assert samples(text, "veer_cluster_leader") == {me: 1.0}
+    assert samples(text, "veer_cluster_redis_reachable") == {me: 1.0}
+    assert samples(text, "veer_cluster_members") == {me: 1.0}
+    assert samples(text, "veer_cluster_lease_epoch")[me] >= 1
+    exported = exported_names(text)
+    for path in RULES_AND_DASHBOARD:
+        used = {u for u in names_used(path) if u.startswith(CLUSTER)}
         assert used, path
         assert used <= exported, (path.name, used - exported)
