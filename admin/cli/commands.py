@@ -6,6 +6,7 @@ The command line itself (options, help, exit codes) is ``admin.cli.parsing``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 
+def say(message: str) -> None:
+    """A line on stderr that cannot fail the command: with stderr a closed pipe the
+    message is lost, never the exit code (main takes a BrokenPipeError for stdout's)."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # further writes go nowhere, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+
+
 # -- proxy commands ---------------------------------------------------------------
 def _load(path: str) -> Config:
     from proxy.config.load import load  # here: ``veer status`` need not import the proxy
@@ -32,7 +43,7 @@ def _load(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as exc:
-        print(f"veer: config error: {exc}", file=sys.stderr)
+        say(f"veer: config error: {exc}")
         raise SystemExit(2) from None
 
 
@@ -44,13 +55,13 @@ def _startable(path: str) -> Config:
     cfg = _load(path)
     problems = preflight(cfg)
     for problem in problems:
-        print(f"veer: config error: {path}: {problem}", file=sys.stderr)
+        say(f"veer: config error: {path}: {problem}")
     if problems:
         raise SystemExit(2)
     for variant, pool in (("original", cfg.original), ("new", cfg.new)):
         if pool.secure and not pool.tls.verify:
-            print(f"veer: warning: {path}: upstreams.{variant}.tls.verify is false: the "
-                  "https endpoints are not verified", file=sys.stderr)
+            say(f"veer: warning: {path}: upstreams.{variant}.tls.verify is false: the "
+                "https endpoints are not verified")
     return cfg
 
 
@@ -64,10 +75,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     cfg = _startable(args.config)
     print(f"# veer check {args.config}: the effective config, every default filled in")
-    print(yaml.safe_dump(to_config_data(cfg), sort_keys=False, allow_unicode=True), end="")
+    # Non-ASCII escaped: a raw U+0085 would read back as a space (another salt).
+    print(yaml.safe_dump(to_config_data(cfg), sort_keys=False), end="")
     if cfg.rollout is not None:
-        print(render.render_gate_needs(cfg.rollout, args.rate), file=sys.stderr)
-    print(f"veer: {args.config}: OK", file=sys.stderr)
+        say(render.render_gate_needs(cfg.rollout, args.rate))
+    say(f"veer: {args.config}: OK")
     return 0
 
 
@@ -225,7 +237,7 @@ def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return func(args)
         except ClientError as exc:
-            print(f"veer: {exc}", file=sys.stderr)
+            say(f"veer: {exc}")
             return exc.exit_code
         except KeyboardInterrupt:
             return 130

@@ -55,6 +55,8 @@ def state_directory_problem(path: str) -> str | None:
     """Whether the state file can be written where it is configured: a real file made and
     removed in its directory (or the nearest one that exists, which run would create the
     rest under), so a read-only mount or a directory owned by another user is caught."""
+    if Path(path).is_dir():
+        return f"state.path {path} is a directory; expected a file path in one"
     where = Path(path).absolute().parent
     while not where.exists() and where != where.parent:
         where = where.parent

@@ -228,6 +228,8 @@ class ProxyServer:
         try:
             state, version = await load_state(store, rollout, cfg, now)
         except REDIS_ERRORS as exc:
+            if self.member is None:  # a state file's OSError: not a Redis outage
+                raise
             problem = f"cluster Redis unreachable ({exc})"
             self._unreachable(problem)
             state, version = safe_state(rollout, now, "state-unreachable", problem), 0
