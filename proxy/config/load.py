@@ -235,6 +235,10 @@ def from_dict(data: object, source: str = "<config>") -> Config:
             raise ConfigError(source, "weights", w.data, "no weights with experiment: "
                               f"(experiment.split sets them: new = {experiment.split_bp / 100:g})")
         new_bp = experiment.split_bp
+    if rollout is not None and not recording.enabled:
+        raise ConfigError(source, "recording.enabled", False, "true with a rollout: (its "
+                          "gates are judged on what the recorder counts; without it a plan "
+                          "never advances and a failing release is never rolled back)")
     if cluster is not None and state.path is not None:
         raise ConfigError(source, "state.path", state.path,
                           "no state file with cluster: (the rollout state lives in Redis)")
@@ -250,7 +254,8 @@ def from_dict(data: object, source: str = "<config>") -> Config:
 
 def _workers(value: Any) -> int:
     if value == "auto":
-        return len(os.sched_getaffinity(0)) or 1  # the CPUs this process may run on
+        # The CPUs this process may run on, within what a written number may ask for.
+        return min(256, len(os.sched_getaffinity(0)) or 1)
     return int_range(1, 256)(value)
 
 

@@ -65,6 +65,7 @@ class Controller:
         self._cusum_err = self._cusum_p99 = self._cusum_p999 = Cusum.for_limit(0.01)
         self._cusum_mismatch = Cusum.for_limit(0.01)
         self._start_phase(now, fresh=False)
+        self._recover_stop()
 
     # -- reading ---------------------------------------------------------------
     @property
@@ -374,6 +375,28 @@ class Controller:
         """Judge the current phase afresh from now, keeping when it began (the state came
         from elsewhere: another replica, or a leader that went away)."""
         self._start_phase(now, fresh=False)
+        self._recover_stop()
+
+    def _recover_stop(self) -> None:
+        """A stopped state without its record (written by a veer before the record
+        existed, or a damaged one): rebuild it from the newest rollback or abort event,
+        so the phase clock is stopped there and status says what stopped."""
+        st = self.state
+        if st.status not in STOPPED or st.stopped:
+            return
+        event = next((e for e in reversed(st.events)
+                      if e.kind in ("rollback", "rollback-gradual", "abort")), None)
+        if event is None:
+            return
+        weight = event.from_.rpartition("@")[2].removesuffix("%")
+        try:
+            before = float(weight)
+        except ValueError:
+            before = 0.0
+        st.stopped = {"kind": event.kind, "phase": st.phase, "phase_name": self.phase.name,
+                      "weight": before, "time": event.time,
+                      "elapsed_s": max(0.0, event.time - st.phase_started),
+                      "reason": event.reason, "actor": event.actor}
 
     def _start_phase(self, now: float, fresh: bool) -> None:
         """Re-arm the telemetry for the current phase's gates."""

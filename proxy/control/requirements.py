@@ -5,6 +5,8 @@ rate gate passes once the exact 95% upper bound of the rate is under its limit,
 so with no failure at all it needs the smallest n with 1 - 0.05**(1/n) < limit,
 n > ln(0.05) / ln(1 - limit): 299 requests for 1% (a p99 gate), 2,995 for 0.1%.
 Every failure raises that number, so these are floors: a gate can never pass sooner.
+A gate against original is the exception: its number assumes original error-free too,
+and errors of original's own let it pass sooner (never before ``min_requests``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def phase_needs(phase: Phase) -> list[GateNeed]:
     g = phase.gates
     on = "mirrored requests" if phase.shadow else "requests on new"
     out: list[GateNeed] = []
+    # At weight 100 (and not mirroring) original serves no one: a gate against it never
+    # sees the requests it needs there, so the phase can never pass.
+    no_baseline = phase.weight_bp == 10000 and not phase.shadow
 
     def rate_gate(gate: str, limit: float, what: str, none: str) -> None:
         n = trials_to_pass(limit, g.min_requests)
@@ -71,19 +76,30 @@ def phase_needs(phase: Phase) -> list[GateNeed]:
     if g.max_status_mismatch is not None:
         rate_gate("max_status_mismatch", g.max_status_mismatch, _pct(g.max_status_mismatch),
                   "no status mismatch")
+    never_here = "can never pass at weight 100: original serves no one to compare with"
     if g.max_error_rate_increase is not None:
-        # Both bounds at PASS_ALPHA / 2; with no error on either side the gap is new's bound.
+        # Both bounds at PASS_ALPHA / 2. With no error on either side the gap is new's own
+        # bound; errors on original lower the gap, down to min_requests at the least.
         n = trials_to_pass(g.max_error_rate_increase, g.min_requests, PASS_ALPHA / 2)
         what = f"max_error_rate_increase {_pct(g.max_error_rate_increase)}"
-        out.append(GateNeed("max_error_rate_increase", n,
-                            f"{what} can pass after >= {n:,} {on} with no error, and "
-                            f">= {g.min_requests:,} on original" if n is not None else
-                            f"{what} can never pass (no bound is under a limit of 0)"))
+        if no_baseline:
+            out.append(GateNeed("max_error_rate_increase", None, f"{what} {never_here}"))
+        elif n is None:
+            out.append(GateNeed("max_error_rate_increase", None,
+                                f"{what} can never pass (no bound is under a limit of 0)"))
+        else:
+            out.append(GateNeed("max_error_rate_increase", n,
+                                f"{what} can pass after >= {n:,} {on} if neither side has "
+                                f"an error (as few as {g.min_requests:,} when original "
+                                f"has errors of its own), and >= {g.min_requests:,} on "
+                                "original"))
     if g.max_latency_increase is not None:
-        out.append(GateNeed("max_latency_increase", g.min_requests,
-                            f"max_latency_increase {_pct(g.max_latency_increase)} can pass "
-                            f"after >= {g.min_requests:,} {on} and as many on original "
-                            "(then when no significant, material shift is seen)"))
+        what = f"max_latency_increase {_pct(g.max_latency_increase)}"
+        out.append(GateNeed("max_latency_increase", None, f"{what} {never_here}")
+                   if no_baseline else
+                   GateNeed("max_latency_increase", g.min_requests,
+                            f"{what} can pass after >= {g.min_requests:,} {on} and as many "
+                            "on original (then when no significant, material shift is seen)"))
     for m in g.metrics:
         if m.prometheus is not None:
             polled = m.min_samples * m.prometheus.interval

@@ -7,6 +7,20 @@ from enum import StrEnum
 from typing import Any
 
 FORMAT = 1
+# A stop record's fields and their types; one missing or mistyped is no record at all.
+STOP_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "phase": (int,), "phase_name": (str,), "weight": (int, float),
+    "time": (int, float), "elapsed_s": (int, float), "reason": (str,), "actor": (str,)}
+
+
+def valid_stop(record: Any) -> dict[str, Any]:
+    """``record`` if it is a whole stop record, else ``{}`` (the controller derives one
+    from the events): a cosmetic field never makes a state unreadable."""
+    if not isinstance(record, dict) or not all(
+            isinstance(record.get(k), t) and not isinstance(record.get(k), bool)
+            for k, t in STOP_FIELDS.items()):
+        return {}
+    return dict(record)
 
 
 class Status(StrEnum):
@@ -89,7 +103,7 @@ class RolloutState:
             rollback_next=float(d["rollback_next"]),
             rollback_interval=float(d["rollback_interval"]),
             paused_status=str(d["paused_status"]),
-            stopped=dict(d.get("stopped") or {}),  # absent in files written before retry
+            stopped=valid_stop(d.get("stopped")),  # absent in files written before retry
             events=[Event.from_dict(e) for e in d["events"]],
         )
         if not 0 <= state.weight_bp <= 10000 or state.phase < 0:

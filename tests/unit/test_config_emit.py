@@ -48,7 +48,7 @@ COMMON: dict[str, Any] = {
                "active": {"path": "/ready", "interval": "500ms", "timeout": "100ms",
                           "healthy": 1, "unhealthy": 4, "expect": 204, "host": "app.local"}},
     "connect_retries": 3,
-    "recording": {"enabled": False, "window": 120},
+    "recording": {"enabled": True, "window": 120},
     "upgrades": ["websocket", "tcp"],
     "workers": 3,
     "access_log": {"path": "/var/log/veer.log", "format": "combined"},
@@ -89,6 +89,7 @@ ROLLOUT_CONFIG: dict[str, Any] = {
 }
 EXPERIMENT_CONFIG: dict[str, Any] = {
     **COMMON,
+    "recording": {"enabled": False, "window": 120},  # refused with a rollout
     "cluster": {"redis": "redis://10.0.0.9:6379/2", "name": "shop", "id": "veer-0",
                 "lease": "5s", "on_unreachable": "refuse"},
     "experiment": {"name": "checkout-button", "split": 33.3, "alpha": "1%", "power": 0.9,
