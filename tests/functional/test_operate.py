@@ -70,12 +70,20 @@ def status(admin: int) -> dict[str, Any]:
     return answer
 
 
+async def running(tmp_path: Path, backends: dict[str, Backend],
+                  procs: list[subprocess.Popen[bytes]], rollout: bool = True) -> int:
+    """A ``veer run`` serving ``config(...)``; returns its admin port once it listens."""
+    port, admin = free_port(), free_port()
+    proc = start(tmp_path / "veer.yaml", config(backends, port, admin, tmp_path, rollout),
+                 procs)
+    await wait_listening(admin, proc)
+    return admin
+
+
 async def test_rollback_says_what_it_stopped_and_retry_starts_the_plan_again(
     tmp_path: Path, backends: dict[str, Backend], veer_process: list[subprocess.Popen[bytes]]
 ) -> None:
-    port, admin = free_port(), free_port()
-    proc = start(tmp_path / "veer.yaml", config(backends, port, admin, tmp_path), veer_process)
-    await wait_listening(admin, proc)
+    admin = await running(tmp_path, backends, veer_process)
 
     refused = veer(admin, "retry")
     assert refused.returncode == 1 and "cannot retry while progressing" in refused.stderr
@@ -143,9 +151,7 @@ async def test_reload_from_the_cli_and_its_refusals(
 async def test_a_reader_that_leaves_early_is_not_an_error(
     tmp_path: Path, backends: dict[str, Backend], veer_process: list[subprocess.Popen[bytes]]
 ) -> None:
-    port, admin = free_port(), free_port()
-    proc = start(tmp_path / "veer.yaml", config(backends, port, admin, tmp_path), veer_process)
-    await wait_listening(admin, proc)
+    admin = await running(tmp_path, backends, veer_process)
     env = {**os.environ, "VEER_ADMIN": f"http://127.0.0.1:{admin}"}
     for command in ("status", "status --json", "events", "weights"):
         # ``true`` exits before veer has even started, so every write meets a closed pipe.
@@ -159,10 +165,7 @@ async def test_a_reader_that_leaves_early_is_not_an_error(
 async def test_actions_that_need_a_rollout_say_so(
     tmp_path: Path, backends: dict[str, Backend], veer_process: list[subprocess.Popen[bytes]]
 ) -> None:
-    port, admin = free_port(), free_port()
-    cfg = config(backends, port, admin, tmp_path, rollout=False)
-    proc = start(tmp_path / "veer.yaml", cfg, veer_process)
-    await wait_listening(admin, proc)
+    admin = await running(tmp_path, backends, veer_process, rollout=False)
     for action in ("advance", "retry", "promote", "rollback"):
         out = veer(admin, action)
         assert out.returncode == 1, (action, out.stderr)
