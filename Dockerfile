@@ -10,6 +10,11 @@
 # python:3.12-slim (the default) or a Debian rootfs with only Debian's python3
 # and python3-venv (.ci/base-image makes one). pip runs from a venv made in
 # the image, never from the base's PATH.
+#
+# The build stage compiles the hot path with mypyc (VEER_BUILD=mypyc: the build
+# fails rather than fall back); it installs a C compiler, and Python's headers
+# where the base lacks them, with apt-get. The runtime stage has neither.
+# VEER_BUILD=pure makes a pure-Python image with no compiler at all.
 ARG BASE=python:3.12-slim
 
 # --- build: veer and its dependencies into a venv at /opt/veer/venv ---
@@ -19,6 +24,17 @@ FROM ${BASE} AS build
 # base image's CA store (the venv's pip.conf says so), so a base that trusts a
 # local CA (a TLS-intercepting proxy) works.
 ARG PIP_INDEX_URL
+ARG VEER_BUILD=mypyc
+RUN if [ "$VEER_BUILD" != pure ]; then \
+        pkgs=; command -v gcc >/dev/null || pkgs="gcc libc6-dev"; \
+        python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+            || pkgs="$pkgs python3-dev"; \
+        if [ -n "$pkgs" ]; then \
+            apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null \
+            && rm -rf /var/lib/apt/lists/*; \
+        fi; \
+    fi
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -32,17 +48,19 @@ WORKDIR /src
 # empty README.
 COPY pyproject.toml ./
 RUN mkdir proxy admin && touch README.md proxy/__init__.py admin/__init__.py \
+    && printf 'from setuptools import setup\nsetup()\n' >setup.py \
     && /opt/veer/venv/bin/python -m pip install --quiet . \
-    && rm -rf proxy admin README.md build ./*.egg-info
-COPY README.md ./
+    && rm -rf proxy admin README.md setup.py build ./*.egg-info
+COPY README.md setup.py ./
 COPY proxy ./proxy
 COPY admin ./admin
 # Then veer itself. The image runs no installer: pip, setuptools and the pip
 # config go.
-RUN /opt/veer/venv/bin/python -m pip install --quiet --no-deps --force-reinstall . \
+RUN VEER_BUILD=$VEER_BUILD /opt/veer/venv/bin/python -m pip install --quiet --no-deps --force-reinstall . \
     && /opt/veer/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
     && rm -f /opt/veer/venv/pip.conf \
-    && /opt/veer/venv/bin/veer --help >/dev/null
+    && /opt/veer/venv/bin/veer --version \
+    && { [ "$VEER_BUILD" = pure ] || /opt/veer/venv/bin/veer --version | grep -q "compiled with mypyc"; }
 
 # --- runtime ---
 FROM ${BASE}

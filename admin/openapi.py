@@ -45,6 +45,12 @@ ENDPOINTS = {"type": "array", "items": {
                    "ejections": {"type": "integer"},
                    "active": {"type": "object", "description": "active health checks: down, "
                               "last (what the last probe saw), streak"}}}}
+BUILD = {"type": "object", "required": ["kind", "compiled", "modules", "python"],
+         "description": "which build of the hot path runs: mypyc (all compiled), pure or "
+                        "partial",
+         "properties": {"kind": {"type": "string", "enum": ["mypyc", "pure", "partial"]},
+                        "compiled": {"type": "integer"}, "modules": {"type": "integer"},
+                        "python": {"type": "string"}}}
 SHADOW_VIEW = {"type": "object", "description": "mirrored traffic (present when mirroring)",
                "required": ["mirror", "requests_total", "mismatches_total", "dropped_total"],
                "properties": {"mirror": {"type": "number"},
@@ -104,7 +110,8 @@ SPEC: dict[str, Any] = {
                                                              "rollout": ROLLOUT,
                                                              "variants": {"type": "object"},
                                                              "endpoints": ENDPOINTS,
-                                                             "shadow": SHADOW_VIEW}})}},
+                                                             "shadow": SHADOW_VIEW,
+                                                             "build": BUILD}})}},
         "/weights": {
             "get": {"summary": "Current weights (percent)", "responses": _ok(WEIGHTS)},
             "put": _mutation("Set weights by hand (pauses a running plan)", {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import proxy
 from proxy.control import analysis
 from proxy.control.experiments import ExperimentRunner, results
 from proxy.control.state import Event
@@ -37,7 +38,8 @@ def status(rt: Runtime, started: float) -> dict[str, Any]:
                        "requests_total": view.requests_total(v), "window": _stats(w),
                        "since_phase": _stats(view.since_marked(v))}
     out = {"time": time.time(), "uptime_s": time.time() - started, "weights": weights(rt),
-           "rollout": rollout(rt), "variants": variants, "window_s": WINDOW}
+           "rollout": rollout(rt), "variants": variants, "window_s": WINDOW,
+           "build": proxy.build()}
     out["endpoints"] = endpoints(rt)
     mirrored = shadow(rt)
     if mirrored is not None:

@@ -169,10 +169,11 @@ http_connection_manager.v3.HttpConnectionManager
   clusters:
 {clusters}"""
 # Table and chart order. "direct" is wrk -> backend with no proxy (the ceiling).
-ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "nginx-tls", "veer", "veer-norec",
-               "veer-rollout", "veer-accesslog", "veer-tls", "naive")
-VEER_VARIANTS = {"veer-norec": "recording off", "veer-rollout": "controller ticking",
-                 "veer-accesslog": "JSON access log", "veer-tls": "HTTPS listener"}
+ALL_TARGETS = ("direct", "envoy", "haproxy", "nginx", "nginx-tls", "veer", "veer-pure",
+               "veer-norec", "veer-rollout", "veer-accesslog", "veer-tls", "naive")
+VEER_VARIANTS = {"veer-pure": "pure Python", "veer-norec": "recording off",
+                 "veer-rollout": "controller ticking", "veer-accesslog": "JSON access log",
+                 "veer-tls": "HTTPS listener"}
 TLS_TARGETS = ("nginx-tls", "veer-tls")
 # Without --targets: the original comparison (about 9 minutes); the TLS and access-log
 # variants are asked for by name.
@@ -198,6 +199,7 @@ class Target:
     admin_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
+    env: dict[str, str] | None = None  # veer's: which build of its hot path runs
 
     @property
     def url(self) -> str:
@@ -335,7 +337,8 @@ def start(target: Target, pin: list[str]) -> None:
     assert target.log is not None
     with target.log.open("wb") as out:
         target.proc = subprocess.Popen([*pin, *target.argv], stdout=out,
-                                       stderr=subprocess.STDOUT, cwd=target.log.parent)
+                                       stderr=subprocess.STDOUT, cwd=target.log.parent,
+                                       env=target.env)
     wait_listening(target)
 
 
@@ -418,7 +421,13 @@ def preflight(target: Target, ca: Path | None = None) -> dict[str, Any]:
             + (f"\n{tail(target.log)}" if target.log else ""))
     finally:
         conn.close()
-    return {"status": 200, "new_share": round(new / SPLIT_PROBES, 4), **tls}
+    out: dict[str, Any] = {"status": 200, "new_share": round(new / SPLIT_PROBES, 4), **tls}
+    if target.admin_port is not None:
+        out["build"] = get_json(target.admin_port, "/status")["build"]["kind"]
+        want = "pure" if target.name == "veer-pure" else None
+        if want is not None and out["build"] != want:
+            die(f"{target.name} runs the {out['build']} build, expected {want}")
+    return out
 
 
 def rollout_state(admin_port: int) -> str:
@@ -467,6 +476,11 @@ def build_targets(names: list[str], tools: dict[str, str], tmp: Path,
             path = tmp / f"{name}.yaml"
             path.write_text(conf)
             t.argv = [tools["veer"], "run", "--config", str(path)]
+            # veer-pure runs the same install with its compiled modules passed over; every
+            # other veer target runs the build installed (compiled, where it could be).
+            t.env = {k: v for k, v in os.environ.items() if k != "VEER_PURE_PYTHON"}
+            if name == "veer-pure":
+                t.env["VEER_PURE_PYTHON"] = "1"
         elif name in ("nginx", "nginx-tls"):
             stem = "nginx-proxy" if name == "nginx" else "nginx-tls"
             path = tmp / f"{stem}.conf"
@@ -560,9 +574,11 @@ def main(argv: list[str] | None = None) -> int:
             checks[t.name] = preflight(t, pki.ca if pki else None)
             tls_note = (f", {checks[t.name]['tls']} {checks[t.name]['cipher']} "
                         f"alpn {checks[t.name]['alpn']}" if "tls" in checks[t.name] else "")
+            build_note = (f", hot path {checks[t.name]['build']}" if "build" in checks[t.name]
+                          else "")
             print(f"{t.name:12} up on :{t.port}, 200 OK, new share "
-                  f"{100 * checks[t.name]['new_share']:.1f}% of {SPLIT_PROBES}{tls_note}",
-                  file=sys.stderr)
+                  f"{100 * checks[t.name]['new_share']:.1f}% of {SPLIT_PROBES}{tls_note}"
+                  f"{build_note}", file=sys.stderr)
 
         def wrk_cmd(conns: int, seconds: int, url: str) -> list[str]:
             # wrk keeps its connections alive: over HTTPS each one does one handshake, then
@@ -696,17 +712,21 @@ def tables(summary: dict[str, dict[int, dict[str, Any]]], checks: dict[str, dict
            connections: list[int],
            runs: dict[str, dict[int, list[dict[str, Any]]]] | None = None) -> list[str]:
     lines = ["| target | conns | req/s | p50 ms | p99 ms | vs envoy | vs naive | new % "
-             "| SUT CPU % | CPU us/req | load core % | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| SUT CPU % | CPU us/req | CPU/req vs nginx | load core % | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for conns in connections:
+        nginx_cpu = summary.get("nginx", {}).get(conns, {}).get("cpu_us_per_req")
         for name, by_conns in summary.items():
             s = by_conns[conns]
+            cpu = s.get("cpu_us_per_req")
+            label = f"{name} ({checks[name]['build']})" if "build" in checks[name] else name
             lines.append(
-                f"| {name} | {conns} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
+                f"| {label} | {conns} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
                 f"| {ratio(summary, name, 'envoy', conns)} "
                 f"| {ratio(summary, name, 'naive', conns)} "
                 f"| {100 * checks[name]['new_share']:.1f} "
-                f"| {fmt(s.get('cpu_pct'), '.0f')} | {fmt(s.get('cpu_us_per_req'), '.1f')} "
+                f"| {fmt(s.get('cpu_pct'), '.0f')} | {fmt(cpu, '.1f')} "
+                f"| {f'{cpu / nginx_cpu:.2f}' if cpu and nginx_cpu else '-'} "
                 f"| {s['load_core_pct']:.0f} | {'; '.join(s['problems']) or 'none'} |")
     if "veer" in summary and any(v in summary for v in VEER_VARIANTS):
         lines += ["", "| veer variant | conns | req/s | req/s vs veer | p99 ms | p99 vs veer "
@@ -733,7 +753,7 @@ def tables(summary: dict[str, dict[int, dict[str, Any]]], checks: dict[str, dict
                     over = -d_rps
                     by_rep = -paired(runs, name, "veer", conns)
                     what_costs = {"veer-rollout": "controller", "veer-accesslog": "access log",
-                                  "veer-tls": "TLS"}[name]
+                                  "veer-tls": "TLS", "veer-pure": "pure Python"}[name]
                 note = f"{what_costs} costs {over:.1f}% of req/s"
                 if by_rep == by_rep:  # not NaN
                     note += f" ({by_rep:.1f}% paired by rep)"

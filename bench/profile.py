@@ -8,10 +8,18 @@ the functions with the most samples on top of the stack (self) and anywhere in i
     .venv/bin/python bench/profile.py                 # 10 s at c=32, recording on
     .venv/bin/python bench/profile.py --no-recording  # the same with recording off
     .venv/bin/python bench/profile.py --perf          # perf: kernel vs interpreter vs C
+    .venv/bin/python bench/profile.py --calls         # Python calls per request
+    VEER_PURE_PYTHON=1 .venv/bin/python bench/profile.py --calls   # ... of the pure build
 
 py-spy sees Python frames (a syscall's time shows under the Python function that made
 it); ``--perf`` samples the CPU instead (``perf record -e cpu-clock``), splitting the time
 between the kernel, libpython, llhttp and uvloop, without Python frames.
+
+``--calls`` counts, with ``sys.setprofile`` inside veer, the calls per request over a
+fixed stretch of wrk's load: Python functions run by the interpreter (``call``) and C
+functions they call (``c_call``: builtins, uvloop, httptools). A module mypyc compiled
+runs as C: its functions, and what they call, are not seen, so for the compiled build the
+count is what is still interpreted.
 """
 
 from __future__ import annotations
@@ -19,11 +27,15 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # bench/ is not a package; run as a script, bench/ is sys.path[0].
@@ -39,6 +51,29 @@ from baseline import (
     wait_listening,
 )
 
+# Runs veer with a profile hook that counts calls between SIGUSR1 (start) and SIGUSR2 (stop
+# and write the counts as JSON to $VEER_CALLS_OUT).
+CALLS_WRAPPER = """
+import collections, json, os, signal, sys
+counts = collections.Counter()
+def hook(frame, event, arg):
+    if event == "call":
+        code = frame.f_code
+        counts["py " + os.path.basename(code.co_filename) + ":" + code.co_qualname] += 1
+    elif event == "c_call":
+        counts["c " + getattr(arg, "__qualname__", type(arg).__name__)] += 1
+def start(*_):
+    counts.clear()
+    sys.setprofile(hook)
+def stop(*_):
+    sys.setprofile(None)
+    with open(os.environ["VEER_CALLS_OUT"], "w") as f:
+        json.dump(counts, f)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+from admin.cli import main
+sys.exit(main())
+"""
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -79,9 +114,12 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--no-recording", action="store_true")
     ap.add_argument("--perf", action="store_true", help="sample with perf, not py-spy")
+    ap.add_argument("--calls", action="store_true",
+                    help="count the Python calls per request (sys.setprofile), no sampling")
     args = ap.parse_args()
+    sampler = ["perf"] if args.perf else [] if args.calls else ["py-spy"]
     tools = {t: shutil.which(t, path=f"{Path(sys.executable).parent}:/usr/bin:/usr/sbin")
-             for t in ("wrk", "nginx", "taskset", "perf" if args.perf else "py-spy")}
+             for t in ("wrk", "nginx", "taskset", *sampler)}
     missing = [t for t, p in tools.items() if p is None]
     if missing:
         die(f"missing {', '.join(missing)}; run bench/setup.sh")
@@ -98,14 +136,20 @@ def main() -> int:
                                   "-c", str(tmp / "nginx.conf")], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         wait_listening(ports["original"], nginx, "nginx", tmp / "error.log")
+        command = ([sys.executable, "-c", CALLS_WRAPPER] if args.calls else [veer_bin])
+        env = {**os.environ, "VEER_CALLS_OUT": str(tmp / "calls.json")}
         with (tmp / "veer.log").open("wb") as out:
-            veer = subprocess.Popen(["taskset", "-c", "0", veer_bin, "run", "--config",
-                                     str(tmp / "veer.yaml")], stdout=out, stderr=out)
+            veer = subprocess.Popen(["taskset", "-c", "0", *command, "run", "--config",
+                                     str(tmp / "veer.yaml")], stdout=out, stderr=out,
+                                    env=env, cwd=REPO)
         wait_listening(ports["port"], veer, "veer", tmp / "veer.log")
         url = f"http://127.0.0.1:{ports['port']}/"
         wrk = ["taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", "--latency",
                "-s", str(tmp / "req.lua")]
         subprocess.run([*wrk, "-d2s", url], capture_output=True, check=True)  # warm up
+        if args.calls:
+            count_calls(veer, [*wrk, f"-d{args.seconds}s", url], tmp / "calls.json", args.top)
+            return 0
         load = subprocess.Popen([*wrk, f"-d{args.seconds + 2}s", url], stdout=subprocess.PIPE,
                                 text=True)
         if args.perf:
@@ -142,6 +186,36 @@ def main() -> int:
         stop(veer)
         stop(nginx)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def count_calls(veer: subprocess.Popen[bytes], wrk: list[str], out: Path, top: int) -> None:
+    """Calls per request while ``wrk`` runs: counting starts before it and stops after,
+    so the idle moments at both ends add a few timer calls, not requests."""
+    veer.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)  # the handler runs on veer's next trip through the loop
+    res = subprocess.run(wrk, capture_output=True, text=True, check=True)
+    veer.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not out.exists():
+        die("veer wrote no call counts (was it killed?)")
+    time.sleep(0.2)  # let the write finish
+    counts: dict[str, int] = json.loads(out.read_text())
+    found = re.search(r"^\s*(\d+) requests in", res.stdout, re.M)
+    if found is None:
+        die(f"no request count in wrk's output:\n{res.stdout}")
+    requests = int(found[1])
+    py = sum(n for k, n in counts.items() if k.startswith("py "))
+    c = sum(n for k, n in counts.items() if k.startswith("c "))
+    import proxy
+
+    print(f"build: {proxy.describe_build()}; {requests} requests (wrk {' '.join(wrk[3:6])})")
+    print(f"\n| per request | calls |\n|---|---:|\n| Python functions (interpreted) | "
+          f"{py / requests:.1f} |\n| C functions called from them | {c / requests:.1f} |")
+    print("\n| calls per request | function |\n|---:|---|")
+    for name, n in collections.Counter(counts).most_common(top):
+        print(f"| {n / requests:.2f} | `{name}` |")
 
 
 def perf_report(perf: str, pid: int, args: argparse.Namespace, tmp: Path) -> None:

@@ -171,11 +171,30 @@ def _admin_options(actor: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """``--version``: worked out only when asked (it looks at the installed modules)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from proxy import describe_build
+
+        try:
+            number = version("veer")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown"
+        print(f"veer {number}, hot path {describe_build()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``veer`` command line."""
     p = argparse.ArgumentParser(prog="veer", description="progressive-delivery reverse proxy",
                                 epilog=EXIT_CODES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="veer's version, and whether its hot path is compiled (mypyc) or pure")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", required=True, help="YAML config file")

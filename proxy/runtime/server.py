@@ -35,6 +35,7 @@ from proxy.timing.clock import Clock
 from proxy.timing.tasks import cancel
 from proxy.upstream.active_health import ActiveHealthChecker
 from proxy.upstream.endpoint import Endpoint
+from proxy.wire.ends import protocol_factory
 from proxy.wire.tls import ListenerCertificates, server_context
 
 log = logging.getLogger("veer")
@@ -123,8 +124,7 @@ class ProxyServer:
                     rt.certificates = ListenerCertificates(tls)
                     context, proto = rt.certificates.context, b"https"
 
-                def connection() -> ClientConnection:
-                    return ClientConnection(rt, proto)
+                connection = protocol_factory(lambda: ClientConnection(rt, proto))
 
                 self._server = await (
                     rt.loop.create_server(connection, sock=self.sock, backlog=4096,

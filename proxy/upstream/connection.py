@@ -24,7 +24,7 @@ import httptools
 
 from proxy.upstream.endpoint import Endpoint
 from proxy.upstream.idle import IdlePool
-from proxy.wire.ends import ConnectionEnd
+from proxy.wire.ends import ConnectionEnd, protocol_factory
 from proxy.wire.flow import Drain, ReadGate
 
 # Parsed header lists are (name, value) as received.
@@ -64,8 +64,12 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(ConnectionEnd, asyncio.BufferedProtocol):
-    """One TCP connection to one endpoint."""
+class UpstreamConnection(ConnectionEnd):
+    """One TCP connection to one endpoint: an asyncio buffered protocol by its methods.
+
+    No ``asyncio.BufferedProtocol`` base: uvloop (and its TLS layer) tell a buffered
+    protocol by its ``get_buffer``, and a Python base class would keep mypyc from compiling
+    this class natively (its attributes in a dict, every call through Python's lookup)."""
 
     def __init__(self, endpoint: Endpoint, idle: IdlePool[UpstreamConnection],
                  loop: asyncio.AbstractEventLoop, scratch: ReadBuffer) -> None:
@@ -88,7 +92,7 @@ class UpstreamConnection(ConnectionEnd, asyncio.BufferedProtocol):
         self._drain = Drain(loop)  # writing, towards the upstream
         self._reading = ReadGate()  # paused for the client's backpressure
 
-    # -- asyncio.Protocol ---------------------------------------------------
+    # -- asyncio.BufferedProtocol ---------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
@@ -254,11 +258,11 @@ async def connect(endpoint: Endpoint, idle: IdlePool[UpstreamConnection], timeou
     addr = endpoint.address
     endpoint.connects += 1
     secure = tls if addr.scheme == "https" else None
-    coro = loop.create_connection(lambda: UpstreamConnection(endpoint, idle, loop, scratch),
-                                  addr.host, addr.port, ssl=secure,
+    conn = UpstreamConnection(endpoint, idle, loop, scratch)
+    coro = loop.create_connection(protocol_factory(lambda: conn), addr.host, addr.port, ssl=secure,
                                   server_hostname=addr.host if secure is not None else None)
     if timeout > 0:
-        _, proto = await asyncio.wait_for(coro, timeout)
+        await asyncio.wait_for(coro, timeout)
     else:
-        _, proto = await coro
-    return proto
+        await coro
+    return conn

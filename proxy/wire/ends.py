@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import cast
 
 
 class ConnectionEnd:
@@ -23,3 +25,11 @@ class ConnectionEnd:
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
+
+
+
+def protocol_factory(factory: Callable[[], object]) -> Callable[[], asyncio.BaseProtocol]:
+    """``factory`` as ``create_server``/``create_connection`` want it. Its protocols have
+    a protocol's methods but no asyncio base class: uvloop calls the methods, and the
+    base would keep mypyc from compiling them natively (see ``UpstreamConnection``)."""
+    return cast("Callable[[], asyncio.BaseProtocol]", factory)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+import proxy
 from admin.demo.backend import Backend
 from tests.deadline import until_sync
 from tests.functional.test_process import wait_listening
@@ -173,3 +174,13 @@ async def test_actions_that_need_a_rollout_say_so(
         assert "rollout: section" in out.stderr
     shown = veer(admin, "status")
     assert shown.returncode == 0 and "none (weights set by hand)" in shown.stdout
+
+
+async def test_status_says_which_build_runs(
+    tmp_path: Path, backends: dict[str, Backend], veer_process: list[subprocess.Popen[bytes]]
+) -> None:
+    admin = await running(tmp_path, backends, veer_process, rollout=False)
+    build = status(admin)["build"]
+    # The same install and environment as this test's process: the same build.
+    assert build == proxy.build()
+    assert build["kind"] == os.environ.get("VEER_EXPECT_BUILD", build["kind"])

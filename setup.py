@@ -1,0 +1,86 @@
+"""Builds veer's hot path with mypyc, and falls back to pure Python where it cannot.
+
+The modules in ``proxy.HOT_PATH`` (proxy/__init__.py) become C extensions next to their
+sources; every other module, and the same modules wherever no C compiler or mypyc is
+present, stay pure Python. The source is the same either way.
+
+    pip install .                      compiled where it can be, else pure (says which)
+    VEER_BUILD=pure pip install .      pure Python, no compiler needed
+    VEER_BUILD=mypyc pip install .     compiled, or the install fails
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+MODE = os.environ.get("VEER_BUILD", "auto")
+
+
+def hot_path() -> list[str]:
+    """The source files to compile: ``HOT_PATH``, read from the source (the build
+    environment has none of veer's dependencies to import it with)."""
+    tree = ast.parse((ROOT / "proxy" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "HOT_PATH"):
+            return [m.replace(".", "/") + ".py" for m in ast.literal_eval(node.value)]
+    raise SystemExit("setup.py: proxy/__init__.py has no HOT_PATH")
+
+
+class OptionalBuildExt(build_ext):
+    """In ``auto`` mode a failed compile (no compiler, no Python headers) warns and
+    leaves the pure modules; in ``mypyc`` mode it fails the install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            self._fall_back(exc)
+
+    def build_extension(self, ext: Any) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: Exception) -> None:
+        if MODE == "mypyc":
+            raise
+        print(f"veer: compiling the hot path failed ({exc}); installing pure Python",
+              file=sys.stderr)
+
+
+def extensions() -> list[Any]:
+    if MODE == "pure":
+        return []
+    if MODE not in ("auto", "mypyc"):
+        raise SystemExit(f"VEER_BUILD={MODE!r}: expected auto, mypyc or pure")
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        if MODE == "mypyc":
+            raise
+        print("veer: mypyc is not installed; installing pure Python", file=sys.stderr)
+        return []
+    try:
+        # One shared library inside the package (proxy/hot__mypyc.*.so), so that an
+        # editable install finds it where it finds the modules.
+        return list(mypycify(hot_path(), opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
+                             group_name="proxy.hot"))
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error it finds
+        if MODE == "mypyc":
+            raise
+        print(f"veer: mypyc cannot compile the hot path ({exc}); installing pure Python",
+              file=sys.stderr)
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
