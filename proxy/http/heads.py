@@ -9,8 +9,6 @@ Transfer-Encoding.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from proxy.http.request import Headers, Request
 from proxy.wire import h1
 
@@ -67,14 +65,19 @@ def interim_head(status: int, headers: Headers) -> bytes:
     return b"".join(out)
 
 
-class ResponseHead(NamedTuple):
-    """The client-side head and how the body that follows must be framed."""
+class ResponseHead:
+    """The client-side head and how the body that follows must be framed. (A plain class:
+    a NamedTuple's __new__ is interpreted Python even where mypyc compiled this module.)"""
 
-    head: bytes
-    chunked: bool  # veer chunk-encodes the body for the client
-    upstream_close_delimited: bool  # the upstream body ends when it closes
-    close_client: bool  # the client connection closes after this response
-    metrics: bytes | None = None  # the backend's veer-metric values (removed from the head)
+    __slots__ = ("chunked", "close_client", "head", "metrics", "upstream_close_delimited")
+
+    def __init__(self, head: bytes, chunked: bool, upstream_close_delimited: bool,
+                 close_client: bool, metrics: bytes | None = None) -> None:
+        self.head = head
+        self.chunked = chunked  # veer chunk-encodes the body for the client
+        self.upstream_close_delimited = upstream_close_delimited  # ends when it closes
+        self.close_client = close_client  # the client connection closes after this response
+        self.metrics = metrics  # the backend's veer-metric values (removed from the head)
 
 
 def response_head(status: int, headers: Headers, req: Request, extra: bytes,
