@@ -171,7 +171,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per target")
     ap.add_argument("--against", metavar="GIT_REF[,GIT_REF...]", default="",
                     help="also run veer as of each GIT_REF (recording on) as target "
-                         "'veer@GIT_REF', so each step is measured in the same run")
+                         "'veer@GIT_REF', so each step is measured in the same run (a "
+                         "commit with setup.py is compiled with mypyc first, as it installs)")
     args = ap.parse_args()
     if min(args.duration, args.connections, args.reps) < 1:
         ap.error("--duration, --connections and --reps must be at least 1")
@@ -311,6 +312,15 @@ def start_ref(git_ref: str, tmp: Path, pin: list[str], port: int,
     if archive.returncode != 0:
         die(f"git archive {git_ref} failed: {archive.stderr.decode(errors='replace')}")
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    if (src / "setup.py").exists():
+        # The same build as this checkout's: its hot path compiled in place (about a
+        # minute). A commit from before setup.py runs pure Python, as it did then.
+        print(f"veer@{git_ref}: compiling its hot path with mypyc", file=sys.stderr)
+        built = subprocess.run([sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+                               cwd=src, capture_output=True, text=True, check=False,
+                               env={**os.environ, "VEER_BUILD": "mypyc"})
+        if built.returncode != 0:
+            die(f"veer@{git_ref}: compiling failed:\n{built.stderr[-3000:]}")
     conf = src / "veer-bench.yaml"
     conf.write_text(VEER_CONF.format(**{**ports, "port": port}, admin=free_port(),
                                      recording="true"))
@@ -325,7 +335,8 @@ def start_ref(git_ref: str, tmp: Path, pin: list[str], port: int,
     wait_listening(port, proc, f"veer@{git_ref}", log)
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", git_ref],
                          capture_output=True, text=True, check=False).stdout.strip()
-    print(f"veer@{git_ref} is {sha}", file=sys.stderr)
+    build = "mypyc" if (src / "setup.py").exists() else "pure"
+    print(f"veer@{git_ref} is {sha} ({build})", file=sys.stderr)
     return proc
 
 

@@ -29,7 +29,8 @@ HOT_PATH = (
     "proxy.upstream.least_outstanding",
     "proxy.upstream.round_robin",
     "proxy.http.exchange", "proxy.http.fairness", "proxy.http.head_rules",
-    "proxy.http.heads", "proxy.http.inbound", "proxy.http.request",
+    "proxy.http.heads", "proxy.http.inbound", "proxy.http.plane", "proxy.http.request",
+    "proxy.upstream.pools",
 )
 PURE_ENV = "VEER_PURE_PYTHON"
 
