@@ -175,7 +175,7 @@ VEER_VARIANTS = {"veer-pure": "pure Python", "veer-norec": "recording off",
                  "veer-rollout": "controller ticking", "veer-accesslog": "JSON access log",
                  "veer-tls": "HTTPS listener"}
 TLS_TARGETS = ("nginx-tls", "veer-tls")
-# Without --targets: the original comparison (about 9 minutes); the TLS and access-log
+# Without --targets: the comparison (about 11 minutes, veer-pure included); the TLS and access-log
 # variants are asked for by name.
 DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t not in (*TLS_TARGETS, "veer-accesslog"))
 NOISE_PCT = 10  # SUT core busier than the SUT itself by more than this: someone else ran

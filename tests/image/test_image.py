@@ -320,6 +320,9 @@ async def test_image_serves_drains_and_resumes_its_rollout_from_the_volume(
         status = await admin_get(s, admin_port, "/status")
         assert status["rollout"]["phase"]["index"] == 1, status["rollout"]
         assert status["rollout"]["weight"] == 50
+        # The image's hot path is compiled (its build stage has a compiler; VEER_BUILD=mypyc).
+        assert status["build"]["kind"] == "mypyc", status["build"]
+        assert "compiled with mypyc" in await d("exec", first, "veer", "--version")
         seen = await traffic(s, data_port, range(200, 400))
         on_new = seen.get("new", 0)
         assert 50 <= on_new <= 150, seen
