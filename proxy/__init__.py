@@ -20,6 +20,7 @@ from types import ModuleType
 
 # setup.py reads this tuple from the source (ast), so it must stay a literal.
 HOT_PATH = (
+    "proxy.config.model",
     "proxy.wire.h1", "proxy.wire.ends", "proxy.wire.errors", "proxy.wire.flow",
     "proxy.routing.hashing", "proxy.routing.keys", "proxy.routing.live",
     "proxy.routing.router", "proxy.routing.variant",
