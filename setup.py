@@ -36,26 +36,51 @@ def hot_path() -> list[str]:
 
 
 class OptionalBuildExt(build_ext):
-    """In ``auto`` mode a failed compile (no compiler, no Python headers) warns and
-    leaves the pure modules; in ``mypyc`` mode it fails the install."""
+    """In ``auto`` mode a failed compile (no compiler, no Python headers) warns and leaves
+    the pure modules; in ``mypyc`` mode it fails the install.
+
+    All or nothing: the compiled modules share one library, so after a failure none is
+    built further and whatever was built is removed (a compiled module whose library is
+    missing would not import)."""
+
+    failed = False
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:
-            self._fall_back(exc)
+            self._give_up(exc)
 
     def build_extension(self, ext: Any) -> None:
+        if self.failed:
+            return
         try:
             super().build_extension(ext)
         except Exception as exc:
-            self._fall_back(exc)
+            self._give_up(exc)
 
-    def _fall_back(self, exc: Exception) -> None:
+    def _give_up(self, exc: Exception) -> None:
         if MODE == "mypyc":
-            raise
-        print(f"veer: compiling the hot path failed ({exc}); installing pure Python",
-              file=sys.stderr)
+            raise exc
+        # In place (an editable install) the modules go next to their sources too.
+        places = [Path(self.build_lib)]
+        if self.inplace or getattr(self, "editable_mode", False):
+            places.append(ROOT)
+        for ext in self.extensions:
+            name = self.get_ext_filename(ext.name)  # type: ignore[no-untyped-call]
+            for where in places:
+                (where / name).unlink(missing_ok=True)
+        if not self.failed:
+            print(f"veer: compiling the hot path failed ({exc}); installing pure Python",
+                  file=sys.stderr)
+        self.failed = True
+
+    def get_outputs(self) -> list[str]:
+        return [] if self.failed else list(super().get_outputs())
+
+    def copy_extensions_to_source(self) -> None:
+        if not self.failed:
+            super().copy_extensions_to_source()
 
 
 def extensions() -> list[Any]:

@@ -11,8 +11,10 @@ import ast
 import importlib
 import importlib.machinery
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,28 @@ def test_version_names_the_build() -> None:
     words = {"mypyc": "compiled with mypyc", "pure": "pure Python", "partial": "partly"}
     assert out.stdout.startswith("veer ")
     assert words[str(kind)] in out.stdout, out.stdout
+
+
+def test_install_without_a_c_compiler_falls_back_to_pure_python(tmp_path: Path) -> None:
+    """``pip install .`` where nothing can compile: it says why and installs pure Python
+    (a wheel with no extension in it), rather than failing. Built from a copy, so that
+    the checkout's own compiled modules are left alone."""
+    src = tmp_path / "src"
+    for name in ("proxy", "admin"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {**os.environ, "CC": "/bin/false", "VEER_BUILD": "auto",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                          "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheels"),
+                          str(src)], cwd=src, env=env, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "installing pure Python" in out.stdout + out.stderr
+    (wheel,) = (tmp_path / "wheels").glob("veer-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert "proxy/http/exchange.py" in names
+    assert not [n for n in names if n.endswith(".so")], names
