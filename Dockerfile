@@ -60,7 +60,7 @@ RUN VEER_BUILD=$VEER_BUILD /opt/veer/venv/bin/python -m pip install --quiet --no
     && /opt/veer/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
     && rm -f /opt/veer/venv/pip.conf \
     && /opt/veer/venv/bin/veer --version \
-    && { [ "$VEER_BUILD" = pure ] || /opt/veer/venv/bin/veer --version | grep -q "compiled with mypyc"; }
+    && { [ "$VEER_BUILD" = pure ] || /opt/veer/venv/bin/veer --version | grep -q "hot path compiled with mypyc"; }
 
 # --- runtime ---
 FROM ${BASE}

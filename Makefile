@@ -24,7 +24,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-setup: $(VENV)/.installed-$(BUILD)
+# A test install is a superset of a plain one: make demo after make test uses it.
+setup: $(if $(wildcard $(VENV)/.installed-test-$(BUILD)),$(VENV)/.installed-test-$(BUILD),$(VENV)/.installed-$(BUILD))
 
 setup-test: $(VENV)/.installed-test-$(BUILD)
 
@@ -33,12 +34,14 @@ setup-test: $(VENV)/.installed-test-$(BUILD)
 $(VENV)/.installed-$(BUILD): $(BIN)/python $(SOURCES)
 	rm -f proxy/*.so proxy/*/*.so $(VENV)/.installed-*
 	VEER_BUILD=$(BUILD) $(BIN)/pip install --quiet -e .
+	$(BIN)/veer --version
 	touch $@
 
 $(VENV)/.installed-test-$(BUILD): $(BIN)/python $(SOURCES)
 	rm -f proxy/*.so proxy/*/*.so $(VENV)/.installed-*
 	VEER_BUILD=$(BUILD) $(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "httpbin==0.10.4"
+	$(BIN)/veer --version
 	touch $@
 
 demo: setup

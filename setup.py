@@ -19,6 +19,7 @@ from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.editable_wheel import editable_wheel
 
 ROOT = Path(__file__).resolve().parent
 MODE = os.environ.get("VEER_BUILD", "auto")
@@ -108,4 +109,27 @@ def extensions() -> list[Any]:
         return []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+def remove_compiled_in_place() -> None:
+    """The compiled modules an earlier editable install left next to the sources: they
+    would shadow the sources a pure editable install is meant to run."""
+    for source in hot_path():
+        stem = (ROOT / source).with_suffix("")
+        for built in stem.parent.glob(f"{stem.name}.*.so"):
+            built.unlink()
+    for shared in (ROOT / "proxy").glob("hot__mypyc.*.so"):
+        shared.unlink()
+
+
+class PureAwareEditable(editable_wheel):
+    """An editable install that compiles nothing first removes what an earlier one
+    compiled in place (one that compiles replaces them)."""
+
+    def run(self) -> None:
+        if not EXTENSIONS:
+            remove_compiled_in_place()
+        super().run()
+
+
+EXTENSIONS = extensions()
+setup(ext_modules=EXTENSIONS,
+      cmdclass={"build_ext": OptionalBuildExt, "editable_wheel": PureAwareEditable})

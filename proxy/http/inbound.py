@@ -138,6 +138,9 @@ class ClientConnection(ConnectionEnd):
             else:
                 self.fail(400, f"bad request ({exc})")
 
+    def eof_received(self) -> bool | None:
+        return None  # close: connection_lost follows (uvloop's TLS layer calls this)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.rt.connections.discard(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -94,6 +95,40 @@ async def test_https_listener_answers_curl_and_tells_the_backend_https(
         with pytest.raises(aiohttp.ClientError):
             async with s.get(f"http://127.0.0.1:{server.port}/") as resp:
                 await resp.read()
+
+
+def _get_then_close_notify(port: int, ctx: ssl.SSLContext) -> bytes:
+    """One request over TLS, then a clean TLS close (close_notify) before the TCP close."""
+    with (socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+          ctx.wrap_socket(raw, server_hostname="localhost") as tls):
+        tls.sendall(b"GET /bye HTTP/1.1\r\nHost: localhost\r\nX-User-Id: u1\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += tls.recv(65536)
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:  # the whole answer first: then the close is clean
+            body += tls.recv(65536)
+        tls.unwrap()
+        return head.split(b"\r\n", 1)[0]
+
+
+async def test_a_client_closing_tls_cleanly_is_no_error(
+        start_veer: StartVeer, backends: dict[str, Backend], pki: Pki) -> None:
+    """close_notify reaches the protocol as eof_received (uvloop's TLS layer calls it):
+    the client protocol has no asyncio base class, so it must define it itself."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    server = await start_veer(tls_config(backends, pki))
+    for _ in range(3):
+        status = await asyncio.to_thread(_get_then_close_notify, server.port,
+                                         pki.client_context())
+        assert status == b"HTTP/1.1 200 OK"
+    await until(lambda: not server.rt.connections, timeout=10,
+                what="the closed TLS connections to be gone")
+    assert not errors, [c.get("message") for c in errors]
 
 
 def s_client(port: int, *args: str) -> str:
