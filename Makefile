@@ -29,16 +29,16 @@ setup: $(if $(wildcard $(VENV)/.installed-test-$(BUILD)),$(VENV)/.installed-test
 
 setup-test: $(VENV)/.installed-test-$(BUILD)
 
-# Compiled modules sit next to their sources (an editable install): old ones go first, so
-# that a pure build leaves none behind.
+# Compiled modules sit next to their sources (an editable install); setup.py removes the
+# old ones first. A stamp stands for one build: installing another drops them all.
 $(VENV)/.installed-$(BUILD): $(BIN)/python $(SOURCES)
-	rm -f proxy/*.so proxy/*/*.so $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-*
 	VEER_BUILD=$(BUILD) $(BIN)/pip install --quiet -e .
 	$(BIN)/veer --version
 	touch $@
 
 $(VENV)/.installed-test-$(BUILD): $(BIN)/python $(SOURCES)
-	rm -f proxy/*.so proxy/*/*.so $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-*
 	VEER_BUILD=$(BUILD) $(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "httpbin==0.10.4"
 	$(BIN)/veer --version

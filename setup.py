@@ -63,14 +63,11 @@ class OptionalBuildExt(build_ext):
     def _give_up(self, exc: Exception) -> None:
         if MODE == "mypyc":
             raise exc
-        # In place (an editable install) the modules go next to their sources too.
-        places = [Path(self.build_lib)]
-        if self.inplace or getattr(self, "editable_mode", False):
-            places.append(ROOT)
         for ext in self.extensions:
             name = self.get_ext_filename(ext.name)  # type: ignore[no-untyped-call]
-            for where in places:
-                (where / name).unlink(missing_ok=True)
+            (Path(self.build_lib) / name).unlink(missing_ok=True)
+        if self.inplace or getattr(self, "editable_mode", False):
+            remove_compiled_in_place()  # in place they went next to their sources too
         if not self.failed:
             print(f"veer: compiling the hot path failed ({exc}); installing pure Python",
                   file=sys.stderr)
@@ -110,26 +107,20 @@ def extensions() -> list[Any]:
 
 
 def remove_compiled_in_place() -> None:
-    """The compiled modules an earlier editable install left next to the sources: they
-    would shadow the sources a pure editable install is meant to run."""
-    for source in hot_path():
-        stem = (ROOT / source).with_suffix("")
-        for built in stem.parent.glob(f"{stem.name}.*.so"):
-            built.unlink()
-    for shared in (ROOT / "proxy").glob("hot__mypyc.*.so"):
-        shared.unlink()
+    """Every compiled module next to the sources, where an editable install puts them."""
+    for built in (ROOT / "proxy").rglob("*.so"):
+        built.unlink()
 
 
-class PureAwareEditable(editable_wheel):
-    """An editable install that compiles nothing first removes what an earlier one
-    compiled in place (one that compiles replaces them)."""
+class CleanEditable(editable_wheel):
+    """An editable install starts from the sources alone: what an earlier one compiled in
+    place goes first, so that a pure build (or a module no longer in HOT_PATH) leaves no
+    compiled module to shadow its source."""
 
     def run(self) -> None:
-        if not EXTENSIONS:
-            remove_compiled_in_place()
+        remove_compiled_in_place()
         super().run()
 
 
-EXTENSIONS = extensions()
-setup(ext_modules=EXTENSIONS,
-      cmdclass={"build_ext": OptionalBuildExt, "editable_wheel": PureAwareEditable})
+setup(ext_modules=extensions(),
+      cmdclass={"build_ext": OptionalBuildExt, "editable_wheel": CleanEditable})

@@ -40,9 +40,6 @@ class Decision:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Decision) and self._fields() == other._fields()
 
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
     def __repr__(self) -> str:
         return (f"Decision(variant={self.variant!r}, reason={self.reason!r}, "
                 f"user={self.user!r}, set_cookie={self.set_cookie!r})")
